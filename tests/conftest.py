@@ -1,0 +1,49 @@
+"""Shared pytest setup.
+
+The project's module_utils are imported in tests exactly as modules import them
+(`from ansible.module_utils.<topic> import ...`): the repository's module_utils/ directory is
+appended to the `ansible.module_utils` package path, as Ansible does for a configured
+module_utils path.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+import ansible.module_utils  # noqa: E402
+
+_MU = os.path.join(REPO, "module_utils")
+if _MU not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MU)
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+
+def docker_available():
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def repo_root():
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """Docker is required, not optional: a missing engine fails the test instead of skipping it."""
+    if not docker_available():
+        pytest.fail("the Docker engine is not reachable; these tests need a real engine")
+    return True
+
+
+@pytest.fixture(scope="session")
+def images(docker_engine):
+    """Build (or reuse) the local base and service images once per session."""
+    subprocess.run(["bash", os.path.join(REPO, "tools", "images", "build.sh")], check=True)
+    return {"base": "zoe-consolidate/base:bookworm", "service": "zoe-consolidate/service:latest"}
