@@ -71,8 +71,12 @@ build_service() {
     return
   fi
   # The classic builder uses the local base image as it is; it never asks a registry.
-  DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$base_image" \
-    --label "zoe.source-digest=$digest" -t "$service_image" "$ctx" >/dev/null
+  local out
+  if ! out=$(DOCKER_BUILDKIT=0 docker build -q --build-arg "BASE_IMAGE=$base_image" \
+    --label "zoe.source-digest=$digest" -t "$service_image" "$ctx" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "docker build of $service_image failed"
+  fi
   log "built $service_image"
 }
 

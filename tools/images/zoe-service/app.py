@@ -9,6 +9,7 @@ Environment:
   DATABASE_PATH   the SQLite file this service reads (as the real services' DATABASE_PATH does)
   SERVICE_NAME    shown in /health
   PORT            listening port (8000)
+  ZOE_NO_DATABASE set to 1 for a service without a database (the UI): /health answers without one
 
 The database is opened read-only with mode=ro, so a missing file is an error and never re-created:
 a service pointed at a retired database fails its health check instead of silently starting empty.
@@ -80,6 +81,9 @@ class Handler(BaseHTTPRequestHandler):
         return self.reply(404, {"error": "not found"})
 
     def health(self):
+        if os.environ.get("ZOE_NO_DATABASE") == "1":
+            return self.reply(200, {"status": "ok", "service": os.environ.get("SERVICE_NAME", ""),
+                                    "database": None})
         try:
             with connect() as conn:
                 conn.execute("SELECT count(*) FROM sqlite_master").fetchone()

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Prepare this machine for the project: the pinned Python virtualenv (.venv) and the local images.
+# Idempotent and quick when nothing changed. Sourced by tools/demo.sh and tools/test.sh.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$repo/.venv"
+stamp="$venv/.requirements.sha256"
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' \
+  || { log "Python 3.11 is required (ansible-core 2.19); set PYTHON=/path/to/python3.11"; exit 1; }
+
+want=$(sha256sum "$repo/requirements.txt" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing pinned Python dependencies into .venv"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r "$repo/requirements.txt"
+  echo "$want" > "$stamp"
+fi
+
+command -v docker >/dev/null || { log "docker is not installed"; exit 1; }
+docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable"; exit 1; }
+if ! docker image inspect "${ZOE_BASE_IMAGE:-zoe-consolidate/base:bookworm}" >/dev/null 2>&1 \
+   && ! command -v debootstrap >/dev/null; then
+  log "installing debootstrap (needed once, to build the base image)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  fi
+fi
+bash "$repo/tools/images/build.sh"
