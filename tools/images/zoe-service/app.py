@@ -21,6 +21,7 @@ import hmac
 import json
 import os
 import re
+import signal
 import sqlite3
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -126,6 +127,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main():
+    # As PID 1 in a container, SIGTERM is ignored unless handled: exit at once so `compose stop`
+    # does not wait out its 10 s grace period (that wait would be downtime).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     port = int(os.environ.get("PORT", "8000"))
     ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
 
