@@ -862,14 +862,17 @@ class MergePlan:
 
     def diff(self):
         """Headed, readable, masked summary for Ansible's diff."""
-        before, after = [], []
+        before, after, seen = [], [], set()
         for src in self.sources:
             if src["status"] != "merged":
                 after.append("# %s: %s" % (src["path"], src["status"]))
                 continue
             after.append("# %s (sha256 %s)" % (src["path"], src["digest"][:12]))
             for t in src["tables"]:
-                before.append("%s: %d rows" % (t["target_table"], t.get("target_rows_before", 0)))
+                if t["target_table"] not in seen:
+                    seen.add(t["target_table"])
+                    before.append("%s: %s" % (t["target_table"], "%d rows" % t.get("target_rows_before", 0)
+                                              if t["action"] != "create" else "(no such table)"))
                 line = "%s <- %s: %d source rows = %d inserted + %d identical + %d conflicts" % (
                     t["target_table"], t["source_table"], t["source_rows"], t["inserted"], t["identical"],
                     t["conflicts"])
@@ -886,7 +889,7 @@ class MergePlan:
         for c in self.conflict_samples:
             after.append("conflict %s %s: %s" % (c["target_table"], json.dumps(c["key"], sort_keys=True),
                                                  c["resolution"]))
-        return {"before_header": "%s (before)" % self.target, "before": "\n".join(sorted(set(before))) + "\n",
+        return {"before_header": "%s (before)" % self.target, "before": "\n".join(sorted(before)) + "\n",
                 "after_header": "%s (after merge)" % self.target, "after": "\n".join(after) + "\n"}
 
 

@@ -1,0 +1,218 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: sqlite_merge
+short_description: Merge SQLite source databases into a target database with every row accounted for
+description:
+  - Folds each source database into O(target). Tables the target lacks are created from the source's own
+    schema (indexes and triggers kept); shared tables are matched by name (or O(table_map)) and columns by name;
+    a source column the target lacks is added, never dropped.
+  - Rows are matched by a key (O(keys), else the declared non-integer primary key or a unique constraint).
+    Identical rows are skipped and counted, new rows inserted, rows with the same key and different content
+    are conflicts, resolved by O(on_conflict) and always recorded with both versions in O(conflicts_table).
+  - Tables whose only key is an integer id treat the id as surrogate; a row with the same content is identical,
+    any other row is new and gets a new id if its id is taken; child rows (declared foreign keys and
+    O(references)) follow the new ids, and children of rows matched by natural key are re-pointed to the
+    target row's id. Rows of the target keep their ids.
+  - Sources and the target are read through private copies (WAL content included), so no source file, -wal
+    or -shm is modified. The merge runs on a copy of the target, is verified (integrity_check,
+    foreign_key_check, source_rows = inserted + identical + conflicts per table), and is written into the
+    target in one transaction with the SQLite online backup API. On any error the target is unchanged.
+  - A ledger table in the target records every merged source (path, sha256, counts, time); sources already in
+    it are skipped, and missing sources that are in it (retired) are not an error.
+  - Needs SQLite 3.33 or later on the managed host.
+version_added: "1.0.0"
+author:
+  - zoe-consolidate
+extends_documentation_fragment:
+  - action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Check mode runs the whole merge on a private copy and returns its exact accounting; the target is not written.
+  diff_mode:
+    support: full
+    details: The diff is a per-table summary (rows inserted, identical, conflicts, remaps, schema changes), secrets masked.
+  platform:
+    platforms: posix
+  idempotent:
+    support: full
+    details: A second run with the same sources finds them in the ledger and reports no change.
+options:
+  target:
+    description: The database to merge into (must exist). Symlinks are resolved.
+    type: path
+    required: true
+  sources:
+    description: Source databases, merged in this order. A source that is the target (also via a link) is refused.
+    type: list
+    elements: path
+    required: true
+  keys:
+    description: Natural key columns per table (target table name), for example C(users=[username]).
+    type: dict
+    default: {}
+  on_conflict:
+    description: What a row with the same key and different content does. Every conflict is recorded either way.
+    type: str
+    choices: [keep_target, keep_source, newest, fail]
+    default: keep_target
+  newest_column:
+    description: Timestamp column compared when O(on_conflict=newest); the later value wins, ties keep the target.
+    type: str
+  table_map:
+    description:
+      - Source table -> target table. Global (source table name to target table name) or per source by path, file name or stem
+        (see EXAMPLES). The rename way out of a shape clash.
+    type: dict
+    default: {}
+  clash_policy:
+    description:
+      - What a source table does when the target has a table of that name with another shape (other primary key,
+        other column types, or columns missing on both sides). V(fail) stops before anything is written;
+        V(prefix) keeps the source table apart as C(<source stem>_<table>).
+    type: str
+    choices: [fail, prefix]
+    default: fail
+  references:
+    description:
+      - Columns that hold ids of another table without a declared foreign key, per table (see EXAMPLES). The parent is a table of the same source, or C(other.db:table) for a
+        table of an earlier source. A parent the source lacks means the ids already are target ids.
+    type: dict
+    default: {}
+  secret_columns:
+    description: Name fragments of columns whose values are masked in the result and diff (default, the shared list).
+    type: list
+    elements: str
+  ledger_table:
+    description: Name of the ledger table in the target.
+    type: str
+    default: _zoe_merge_ledger
+  conflicts_table:
+    description: Name of the table in the target that records both versions of every conflict.
+    type: str
+    default: _zoe_merge_conflicts
+  lock_timeout:
+    description: Seconds to wait for the target's write lock when writing the result.
+    type: float
+    default: 5.0
+  workdir:
+    description: Directory for the private copies (default is the system temporary directory); it needs room for the target and the sources.
+    type: path
+notes:
+  - Virtual tables and WITHOUT ROWID tables in a source are refused with a clear error.
+  - Triggers of a table kept apart under a new name are not copied (their bodies name tables); they are listed.
+seealso:
+  - name: SQLite online backup API
+    link: https://www.sqlite.org/backup.html
+"""
+
+EXAMPLES = r"""
+- name: Fold the Zoe databases into zoe.db
+  sqlite_merge:
+    target: /srv/zoe/data/zoe.db
+    sources:
+      - /srv/zoe/data/auth.db
+      - /srv/zoe/data/sessions.db
+      - /srv/zoe/data/developer_tasks.db
+    keys:
+      users: [username]
+    references:
+      sessions:
+        user_id: users
+    table_map:
+      self_awareness.db:
+        events: awareness_events
+  register: zoe_merge
+
+- name: Show what a merge would do
+  sqlite_merge:
+    target: /srv/zoe/data/zoe.db
+    sources: [/srv/zoe/data/learning.db]
+    clash_policy: prefix
+  check_mode: true
+  diff: true
+"""
+
+RETURN = r"""
+target:
+  description: The resolved target path.
+  returned: always
+  type: str
+  sample: /srv/zoe/data/zoe.db
+sources:
+  description:
+    - Per source its path, status (V(merged), V(already_merged), V(retired)), sha256 digest and per table the
+      accounting (source_rows, inserted, identical, conflicts, conflicts_source_won, remapped, repointed,
+      action, mode, columns_added).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{path: /srv/zoe/data/auth.db, status: merged, source_rows: 4, inserted: 2, identical: 1, conflicts: 1,
+            tables: [{source_table: users, target_table: users, source_rows: 2, inserted: 0, identical: 1,
+                      conflicts: 1, repointed: 2, remapped: 0, columns_added: [last_login]}]}]
+totals:
+  description: Sums over all sources.
+  returned: always
+  type: dict
+  sample: {sources_merged: 5, source_rows: 13, inserted: 10, identical: 2, conflicts: 1, remapped: 5, repointed: 2}
+schema_changes:
+  description: Tables created and columns added (C(table.column)).
+  returned: always
+  type: dict
+  sample: {tables_created: [events], columns_added: [users.last_login]}
+conflicts:
+  description: The conflicts recorded by this run (first 20), both versions with secret values masked.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{target_table: users, key: {username: user}, columns_differ: [email, password_hash],
+            resolution: kept_target}]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.sqlite_merge import (CLASH_POLICY_CHOICES, DEFAULT_CONFLICTS_TABLE, DEFAULT_LEDGER_TABLE,
+                                               ON_CONFLICT_CHOICES, MergeError, apply_merge, plan_merge)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            target=dict(type="path", required=True),
+            sources=dict(type="list", elements="path", required=True),
+            keys=dict(type="dict", default={}, no_log=False),
+            on_conflict=dict(type="str", choices=list(ON_CONFLICT_CHOICES), default="keep_target"),
+            newest_column=dict(type="str"),
+            table_map=dict(type="dict", default={}),
+            clash_policy=dict(type="str", choices=list(CLASH_POLICY_CHOICES), default="fail"),
+            references=dict(type="dict", default={}),
+            secret_columns=dict(type="list", elements="str", no_log=False),
+            ledger_table=dict(type="str", default=DEFAULT_LEDGER_TABLE),
+            conflicts_table=dict(type="str", default=DEFAULT_CONFLICTS_TABLE),
+            lock_timeout=dict(type="float", default=5.0),
+            workdir=dict(type="path"),
+        ),
+        required_if=[("on_conflict", "newest", ("newest_column",))],
+        supports_check_mode=True,
+    )
+    params = dict(module.params)
+    target, sources = params.pop("target"), params.pop("sources")
+    try:
+        with plan_merge(target, sources, **params) as plan:
+            if plan.changed and not module.check_mode:
+                apply_merge(plan)
+            result = plan.result()
+            if module._diff and plan.changed:
+                result["diff"] = [plan.diff()]
+    except MergeError as exc:
+        module.fail_json(msg=str(exc), error=type(exc).__name__)
+    module.exit_json(changed=plan.changed, **result)
+
+
+if __name__ == "__main__":
+    main()
