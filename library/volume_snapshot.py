@@ -1,0 +1,366 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# zoe-consolidate: take, verify, restore and prune snapshots of files, directories and Docker named volumes.
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: volume_snapshot
+short_description: Take, verify, restore and prune verified snapshots of files, directories and Docker volumes
+description:
+  - V(present) copies O(paths) and the Docker named O(volumes) into a new snapshot directory under
+    O(backup_root), named by UTC time and a short random id (for example C(20261124T130501Z-3f9a2c)).
+    Directories of the snapshot are mode C(0700) and files C(0600) whatever the source's mode; the
+    manifest C(manifest.json) keeps every entry's original path, relative path, type, size, mode,
+    uid, gid, mtime, sha256 and symlink target, and C(manifest.json.sha256) guards the manifest.
+  - Each file is read once; its sha256 is computed over the very bytes written to the snapshot, the stored
+    size is checked against the bytes written, and the source is stat'ed again after the copy so a file
+    that changed under the copy is caught. The snapshot is written as C(.<id>.partial) and renamed when
+    complete, so a failure (including too little free space, checked before writing) leaves nothing.
+  - SQLite databases, O(sqlite_mode=copy) (the rollback point, taken with no writer active) copies the
+    database and its C(-wal) and C(-shm) byte for byte and fails if any file changes during the copy.
+    O(sqlite_mode=backup_api) (a live snapshot) copies every database through SQLite's online backup API
+    in one step, so the copy holds every transaction committed before it began, C(-wal) content included,
+    while writers keep running; the copy is self-contained and its sidecars are not kept.
+  - V(verified) re-reads a snapshot, compares every file with its sha256, and opens a scratch copy of each
+    database for C(PRAGMA integrity_check) and row counts. It never changes anything.
+  - V(restored) restores O(snapshot) (or the newest) to the original locations byte for byte (contents,
+    mode, owner, times, symlinks, SQLite sidecars), removes entries created since the snapshot inside the
+    snapshotted paths, and checks every entry against the manifest afterwards. The manifest is validated
+    first and an entry that would write outside the snapshotted paths is refused before anything is
+    written; every file is staged and its bytes checked against the manifest before any live file is
+    replaced.
+  - V(absent) removes the snapshots beyond the O(keep) newest (never the newest, never one locked by a
+    running restore or marked with a C(.in-use*) file), or the one named by O(snapshot).
+  - Output holds counts, byte totals and paths, never file contents.
+version_added: "1.0.0"
+author: zoe-consolidate
+extends_documentation_fragment:
+  - action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports what would be copied, restored or removed, with counts and bytes; writes nothing.
+  diff_mode:
+    support: full
+    details: A summary per snapshot, or the list of paths a restore would write, fix or remove.
+  platform:
+    platforms: posix
+  idempotent:
+    description: Whether the action has the same result when run again.
+    support: partial
+    details:
+      - V(restored) on a tree equal to the snapshot reports C(changed=false); V(absent) with nothing beyond
+        O(keep) and V(verified) never change anything.
+      - V(present) takes a new snapshot on every run unless O(snapshot) names an id that already exists.
+options:
+  state:
+    description: What to do.
+    type: str
+    choices: [present, restored, absent, verified]
+    default: present
+  paths:
+    description:
+      - Absolute paths of files and directories to snapshot. A SQLite file named here brings its C(-wal),
+        C(-shm) and C(-journal) along.
+      - With V(restored), when O(paths) or O(volumes) are given, every root of the snapshot must be among
+        them (a guard against a manifest that names other places).
+    type: list
+    elements: path
+    default: []
+  volumes:
+    description: Docker named volumes to snapshot, resolved to their Mountpoint through the C(docker) CLI.
+    type: list
+    elements: str
+    default: []
+  backup_root:
+    description: Directory that holds the snapshots; created with mode C(0700) when missing. Must lie outside O(paths).
+    type: path
+    required: true
+  snapshot:
+    description:
+      - Snapshot id. With V(restored) and V(verified), an id or V(latest) (the default there).
+      - With V(present), the id to create; when a complete snapshot with that id exists, nothing is done.
+      - With V(absent), the one snapshot to remove.
+    type: str
+  keep:
+    description: With V(absent), how many of the newest snapshots to keep (at least 1).
+    type: int
+    default: 3
+  sqlite_mode:
+    description: How V(present) copies SQLite databases, V(copy) (byte copy, no writer active) or V(backup_api) (live).
+    type: str
+    choices: [copy, backup_api]
+    default: copy
+  label:
+    description: Free text stored in the manifest (for example the run id).
+    type: str
+  exclude:
+    description: Glob patterns (matched against the path relative to its root and against the base name) left out
+      of the snapshot; a restore leaves matching live paths alone.
+    type: list
+    elements: str
+    default: []
+  verify:
+    description:
+      - V(present), check every stored file's type, mode and size against the bytes written and hashed.
+      - V(restored), after restoring, lstat every entry against the manifest (type, size, mode, owner, mtime,
+        link target) and look for extra entries. Content is always checked while staging.
+    type: bool
+    default: true
+  checksum:
+    description:
+      - With V(restored), hash live files whose size matches the snapshot to decide whether they are equal.
+        V(false) trusts equal size, mtime, mode and owner (an rsync-style quick check).
+    type: bool
+    default: true
+  fsync:
+    description: Flush every written file to disk before returning (a snapshot that a power cut loses is no rollback point).
+    type: bool
+    default: true
+  docker_cli:
+    description: The docker CLI used to resolve O(volumes).
+    type: str
+    default: docker
+notes:
+  - Standard library only on the managed host; Docker volumes need the docker CLI and access to the Mountpoint (root).
+  - Restoring owners needs root; a file whose owner differs cannot be restored by an unprivileged user.
+"""
+
+EXAMPLES = r"""
+- name: Take the rollback point after the writers stopped
+  volume_snapshot:
+    paths:
+      - /srv/zoe/data
+      - /srv/zoe/docker-compose.yml
+    backup_root: /srv/zoe-backups
+    label: consolidate run 42
+  register: backup_register_snapshot
+
+- name: Take a live snapshot while services run
+  volume_snapshot:
+    paths: [/srv/zoe/data]
+    volumes: [zoe_mem_agent]
+    backup_root: /srv/zoe-backups
+    sqlite_mode: backup_api
+
+- name: Re-read the snapshot and check every database
+  volume_snapshot:
+    state: verified
+    backup_root: /srv/zoe-backups
+    snapshot: "{{ backup_register_snapshot.snapshot_id }}"
+
+- name: Roll back to the latest snapshot
+  volume_snapshot:
+    state: restored
+    backup_root: /srv/zoe-backups
+    snapshot: latest
+
+- name: Keep the five newest snapshots
+  volume_snapshot:
+    state: absent
+    backup_root: /srv/zoe-backups
+    keep: 5
+"""
+
+RETURN = r"""
+snapshot_id:
+  description: Id of the snapshot taken, verified or restored.
+  returned: when state is present, restored or verified
+  type: str
+  sample: 20261124T130501Z-3f9a2c
+snapshot_path:
+  description: Directory of that snapshot (for V(absent), the removed one when exactly one was removed).
+  returned: always
+  type: str
+  sample: /srv/zoe-backups/20261124T130501Z-3f9a2c
+manifest:
+  description: Path of the snapshot's manifest.
+  returned: when state is present, restored or verified
+  type: str
+  sample: /srv/zoe-backups/20261124T130501Z-3f9a2c/manifest.json
+roots:
+  description: Absolute paths the snapshot covers (volumes as their Mountpoint).
+  returned: when state is present, restored or verified
+  type: list
+  elements: str
+  sample: [/srv/zoe/data]
+files:
+  description: Regular files in the snapshot.
+  returned: when state is present, restored or verified
+  type: int
+  sample: 42
+dirs:
+  description: Directories in the snapshot.
+  returned: when state is present, restored or verified
+  type: int
+  sample: 3
+symlinks:
+  description: Symbolic links in the snapshot.
+  returned: when state is present, restored or verified
+  type: int
+  sample: 0
+bytes:
+  description: Bytes of file content in the snapshot.
+  returned: when state is present, restored or verified
+  type: int
+  sample: 6291456
+databases:
+  description: Number of SQLite databases (V(present), V(restored)); for V(verified), one item per database.
+  returned: when state is present, restored or verified
+  type: raw
+  sample: [{path: /srv/zoe/data/zoe.db, integrity: ok, tables: 12, rows: {users: 4}}]
+skipped:
+  description: Special files (sockets, fifos, devices) left out of the snapshot.
+  returned: when state is present
+  type: int
+  sample: 0
+changed_during_copy:
+  description: Paths of non-database files that changed while a live (V(backup_api)) snapshot copied them
+    (recorded as copied, flagged in the manifest, and warned about).
+  returned: when state is present and a snapshot was taken
+  type: list
+  elements: str
+  sample: []
+verified:
+  description: Whether the verification described under O(verify) (or V(verified)) ran and passed.
+  returned: when something was written, or state is verified
+  type: bool
+  sample: true
+files_restored:
+  description: Files written by the restore.
+  returned: when state is restored
+  type: int
+  sample: 3
+files_removed:
+  description: Entries removed because the snapshot does not hold them.
+  returned: when state is restored
+  type: int
+  sample: 1
+files_unchanged:
+  description: Files already equal to the snapshot.
+  returned: when state is restored
+  type: int
+  sample: 38
+metadata_fixed:
+  description: Entries whose content was equal but whose mode, owner or times were restored.
+  returned: when state is restored
+  type: int
+  sample: 1
+bytes_written:
+  description: Bytes of file content written by the restore.
+  returned: when state is restored
+  type: int
+  sample: 1048576
+actions:
+  description: Every path the restore writes (V(write), V(replace)), fixes (V(meta)) or removes (V(remove)).
+  returned: when state is restored
+  type: list
+  elements: dict
+  sample: [{path: /srv/zoe/data/zoe.db, action: write}]
+removed:
+  description: Ids of the snapshots removed.
+  returned: when state is absent
+  type: list
+  elements: str
+  sample: [20261120T010000Z-aa11bb]
+kept:
+  description: Ids of the snapshots kept.
+  returned: when state is absent
+  type: list
+  elements: str
+  sample: [20261124T130501Z-3f9a2c]
+protected:
+  description: Ids of the snapshots locked by a restore or marked in use.
+  returned: when state is absent
+  type: list
+  elements: str
+  sample: []
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.volume_snapshot import (
+    LockedError, ManifestError, NoSpaceError, SnapshotError, SnapshotNotFoundError, SourceChangedError,
+    SourceError, VerifyError, VolumeError, apply_prune, apply_restore, apply_snapshot, plan_prune, plan_restore,
+    plan_snapshot, plan_verify, resolve_roots)
+
+FAILURES = (
+    (NoSpaceError, "not enough free space"),
+    (ManifestError, "unsafe or damaged manifest"),
+    (VerifyError, "verification failed"),
+    (SourceChangedError, "a source changed during the snapshot"),
+    (SnapshotNotFoundError, "snapshot not found"),
+    (VolumeError, "docker volume not resolved"),
+    (LockedError, "snapshot in use"),
+    (SourceError, "bad source path"),
+    (SnapshotError, "volume_snapshot failed"),
+)
+
+
+def run(module):
+    """Dispatch on state: plan, then apply once under the single check-mode guard."""
+    p = module.params
+    state = p["state"]
+    allowed = None
+    if state == "present":
+        if not (p["paths"] or p["volumes"]):
+            raise SourceError("O(state=present) needs O(paths) or O(volumes)")
+        plan = plan_snapshot(p["backup_root"], p["paths"], p["volumes"], p["snapshot"], p["sqlite_mode"],
+                             p["exclude"], p["label"], p["docker_cli"])
+        apply = lambda: apply_snapshot(plan, fsync=p["fsync"], verify=p["verify"])  # noqa: E731
+    elif state == "restored":
+        if p["paths"] or p["volumes"]:
+            allowed = [root["path"] for root in resolve_roots(p["paths"], p["volumes"], p["docker_cli"])]
+        plan = plan_restore(p["backup_root"], p["snapshot"] or "latest", allowed, p["checksum"], p["docker_cli"])
+        apply = lambda: apply_restore(plan, fsync=p["fsync"], verify=p["verify"])  # noqa: E731
+    elif state == "verified":
+        plan = plan_verify(p["backup_root"], p["snapshot"] or "latest")
+        apply = None
+    elif state == "absent":
+        plan = plan_prune(p["backup_root"], p["keep"], p["snapshot"])
+        apply = lambda: apply_prune(plan)  # noqa: E731
+    else:
+        raise AssertionError("unreachable state %s" % state)
+    result = dict(plan.result, changed=plan.changed)
+    if plan.changed and not module.check_mode:
+        result = dict(apply(), changed=True)
+        for path in result.get("changed_during_copy", []):
+            module.warn("%s changed while the live snapshot copied it" % path)
+    if module._diff and plan.changed:
+        result["diff"] = plan.diff
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", default="present", choices=["present", "restored", "absent", "verified"]),
+            paths=dict(type="list", elements="path", default=[]),
+            volumes=dict(type="list", elements="str", default=[]),
+            backup_root=dict(type="path", required=True),
+            snapshot=dict(type="str"),
+            keep=dict(type="int", default=3),
+            sqlite_mode=dict(type="str", default="copy", choices=["copy", "backup_api"]),
+            label=dict(type="str"),
+            exclude=dict(type="list", elements="str", default=[]),
+            verify=dict(type="bool", default=True),
+            checksum=dict(type="bool", default=True),
+            fsync=dict(type="bool", default=True),
+            docker_cli=dict(type="str", default="docker"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        result = run(module)
+    except SnapshotError as exc:
+        kind = next(text for cls, text in FAILURES if isinstance(exc, cls))
+        module.fail_json(msg="%s: %s" % (kind, exc), error=type(exc).__name__)
+    except OSError as exc:
+        module.fail_json(msg="volume_snapshot failed on %s: %s" % (exc.filename, exc.strerror),
+                         error=type(exc).__name__)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
