@@ -25,7 +25,7 @@ def make_db(path, statements, rows=None, wal=False):
         conn.execute(sql)
     for table, values in (rows or {}).items():
         for row in values:
-            conn.execute("INSERT INTO \"%s\" VALUES (%s)" % (table, ", ".join("?" * len(row))), row)
+            conn.execute("INSERT INTO \"%s\" VALUES (%s)" % (table.replace('"', '""'), ", ".join("?" * len(row))), row)
     conn.commit()
     conn.close()
     return str(path)

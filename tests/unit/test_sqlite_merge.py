@@ -1,0 +1,422 @@
+"""sqlite_merge on real SQLite files: semantics, failure kinds, WAL, purity of the plan, the Zoe case."""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible.module_utils import sqlite_merge as sm
+from ansible.module_utils.zoe_secrets import MASK
+from test_sqlite_merge_fixtures import (COMMENTS_SQL, TASKS_SQL, USERS_SQL, ZOE_OPTIONS, build_zoe, make_db, rows,
+                                        snapshot, user)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZOE_SOURCES = ("auth", "sessions", "developer_tasks", "learning", "self_awareness")
+
+
+@pytest.fixture()
+def zoe(tmp_path):
+    return build_zoe(tmp_path / "data")
+
+
+def zoe_merge(paths, **extra):
+    options = dict(ZOE_OPTIONS, **extra)
+    return sm.merge_databases(paths["zoe"], [paths[n] for n in ZOE_SOURCES], **options)
+
+
+def table(result, source, name):
+    for src in result["sources"]:
+        if os.path.basename(src["path"]) == source:
+            for t in src["tables"]:
+                if t["source_table"] == name:
+                    return t
+    raise AssertionError("no %s in %s" % (name, source))
+
+
+# ---------------------------------------------------------------------------------------------- the Zoe case
+
+def test_zoe_users_present_once_each(zoe):
+    zoe_merge(zoe)
+    names = [r[0] for r in rows(zoe["zoe"], "SELECT username FROM users ORDER BY id")]
+    assert names == ["testuser", "admin", "user", "system"]
+
+
+def test_zoe_accounting(zoe):
+    result = zoe_merge(zoe)
+    admin_user = table(result, "auth.db", "users")
+    assert (admin_user["identical"], admin_user["conflicts"], admin_user["inserted"]) == (1, 1, 0)
+    assert admin_user["columns_added"] == ["last_login"]
+    assert table(result, "developer_tasks.db", "users")["identical"] == 1
+    assert table(result, "developer_tasks.db", "developer_tasks")["remapped"] == 2
+    for src in result["sources"]:
+        for t in src["tables"]:
+            assert t["source_rows"] == t["inserted"] + t["identical"] + t["conflicts"]
+    assert result["totals"]["source_rows"] == 13
+
+
+def test_zoe_auth_sessions_repointed_to_target_ids(zoe):
+    zoe_merge(zoe)
+    by_token = dict(rows(zoe["zoe"], "SELECT token, user_id FROM sessions"))
+    assert by_token["tok-auth-admin"] == 2   # auth.db admin id 7 -> zoe.db admin id 2
+    assert by_token["tok-auth-user"] == 3    # conflicting user, kept target: still the same person (id 3)
+    assert by_token["tok-sess-testuser"] == 1  # sessions.db ids already are zoe.db ids
+    assert by_token["tok-zoe-1"] == 2
+
+
+def test_zoe_developer_task_ids_remapped_and_children_follow(zoe):
+    zoe_merge(zoe)
+    got = rows(zoe["zoe"], "SELECT c.body, t.title FROM task_comments c JOIN developer_tasks t ON t.id = c.task_id")
+    assert sorted(got) == [("comment on zoe task one", "zoe task one"), ("on dev task A", "dev task A"),
+                           ("on dev task B", "dev task B")]
+    assert rows(zoe["zoe"], "SELECT id, title FROM developer_tasks WHERE id <= 2") == [
+        (1, "zoe task one"), (2, "zoe task two")]
+
+
+def test_zoe_events_clash_resolved_by_table_map(zoe):
+    zoe_merge(zoe)
+    assert rows(zoe["zoe"], "SELECT awareness, reflection FROM awareness_events") == [(0.5, "hmm")]
+    assert rows(zoe["zoe"], "SELECT event_type FROM events") == [("learned",)]
+
+
+def test_zoe_events_clash_without_map_fails_before_writing(zoe):
+    before = snapshot([zoe["zoe"]])
+    with pytest.raises(sm.ShapeClashError, match=r"self_awareness\.db.*events.*table_map.*clash_policy=prefix"):
+        sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]})
+    assert snapshot([zoe["zoe"]]) == before
+
+
+def test_zoe_clash_policy_prefix(zoe):
+    sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]},
+                       clash_policy="prefix")
+    assert rows(zoe["zoe"], "SELECT reflection FROM self_awareness_events") == [("hmm",)]
+
+
+def test_zoe_conflict_recorded_with_both_versions(zoe):
+    zoe_merge(zoe)
+    (key, trow, srow, resolution), = rows(zoe["zoe"], "SELECT key, target_row, source_row, resolution "
+                                                      "FROM _zoe_merge_conflicts")
+    assert json.loads(key) == {"username": "user"}
+    assert json.loads(trow)["email"] == "user@zoe.local"
+    assert json.loads(srow)["email"] == "other@zoe.local"
+    assert resolution == "kept_target"
+
+
+def test_zoe_secrets_masked_in_result_and_diff(zoe):
+    with sm.plan_merge(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], **ZOE_OPTIONS) as plan:
+        text = json.dumps(plan.result()) + json.dumps(plan.diff())
+        assert plan.result()["conflicts"][0]["source_row"]["password_hash"] == MASK
+    assert "pbkdf2" not in text
+
+
+def test_zoe_rerun_changes_nothing_and_retired_sources_are_fine(zoe):
+    zoe_merge(zoe)
+    before = snapshot([zoe["zoe"]])
+    assert zoe_merge(zoe)["changed"] is False
+    for name in ZOE_SOURCES:
+        os.rename(zoe[name], zoe[name] + ".retired")
+    result = zoe_merge(zoe)
+    assert result["changed"] is False
+    assert {s["status"] for s in result["sources"]} == {"retired"}
+    assert snapshot([zoe["zoe"]]) == before
+
+
+def test_plan_is_pure(zoe):
+    everything = [zoe[n] for n in ("zoe",) + ZOE_SOURCES]
+    before = snapshot(everything)
+    with sm.plan_merge(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], **ZOE_OPTIONS) as plan:
+        assert plan.changed
+        assert plan.totals()["inserted"] == 10
+    assert snapshot(everything) == before
+
+
+def test_plan_equals_apply(zoe):
+    with sm.plan_merge(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], **ZOE_OPTIONS) as plan:
+        planned = plan.totals()
+    assert zoe_merge(zoe)["totals"] == planned
+
+
+# ---------------------------------------------------------------------------------------------- policies
+
+def _users_pair(tmp_path, target_time, source_time):
+    t = make_db(tmp_path / "t.db", [USERS_SQL.format(extra="")],
+                {"users": [(1, "ann", "old@x", "h1", "user", T(target_time), T(target_time))]})
+    s = make_db(tmp_path / "s.db", [USERS_SQL.format(extra="")],
+                {"users": [(1, "ann", "new@x", "h2", "user", T(source_time), T(source_time))]})
+    return t, s
+
+
+def T(day):
+    return "2024-01-%02dT00:00:00" % day
+
+
+@pytest.mark.parametrize("policy, target_day, source_day, email, won", [
+    ("keep_target", 1, 2, "old@x", 0),
+    ("keep_source", 2, 1, "new@x", 1),
+    ("newest", 1, 2, "new@x", 1),
+    ("newest", 2, 1, "old@x", 0),
+    ("newest", 2, 2, "old@x", 0),
+], ids=["keep_target", "keep_source", "newest-source-newer", "newest-target-newer", "newest-tie-keeps-target"])
+def test_conflict_policies(tmp_path, policy, target_day, source_day, email, won):
+    t, s = _users_pair(tmp_path, target_day, source_day)
+    result = sm.merge_databases(t, [s], keys={"users": ["username"]}, on_conflict=policy,
+                                newest_column="updated_at")
+    assert rows(t, "SELECT email FROM users") == [(email,)]
+    assert result["totals"]["conflicts"] == 1
+    assert result["sources"][0]["tables"][0]["conflicts_source_won"] == won
+    assert rows(t, "SELECT count(*) FROM _zoe_merge_conflicts") == [(1,)]
+
+
+def test_conflict_policy_fail_writes_nothing_and_masks(tmp_path):
+    t, s = _users_pair(tmp_path, 1, 2)
+    before = snapshot([t])
+    with pytest.raises(sm.ConflictError, match=r"s\.db.*users.*on_conflict=fail"):
+        sm.merge_databases(t, [s], keys={"users": ["username"]}, on_conflict="fail")
+    assert snapshot([t]) == before
+
+
+def test_newest_needs_column():
+    with pytest.raises(sm.MergeError, match="newest_column"):
+        sm.MergeOptions(on_conflict="newest")
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+def _simple(tmp_path, name="s.db", rows_=((1, "a"),)):
+    return make_db(tmp_path / name, ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"], {"t": list(rows_)})
+
+
+def test_not_a_database(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(sm.NotADatabaseError, match="bad.db"):
+        sm.merge_databases(t, [str(bad)])
+
+
+def test_corrupt_source(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    src = _simple(tmp_path, "c.db", [(i, "x" * 200) for i in range(1, 200)])
+    data = bytearray(open(src, "rb").read())
+    for page in range(1, len(data) // 4096):
+        data[page * 4096:page * 4096 + 12] = b"\x0d\xff\xff\x7f\x7f\xff\xff\x00\x00\x00\x00\x09"  # bad page headers
+    open(src, "wb").write(bytes(data))
+    before = snapshot([t])
+    with pytest.raises(sm.CorruptDatabaseError, match="c.db"):
+        sm.merge_databases(t, [src])
+    assert snapshot([t]) == before
+
+
+def test_missing_source(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    with pytest.raises(sm.MissingSourceError, match="gone.db"):
+        sm.merge_databases(t, [str(tmp_path / "gone.db")])
+
+
+def test_missing_target(tmp_path):
+    with pytest.raises(sm.MissingTargetError, match="nothere.db"):
+        sm.merge_databases(str(tmp_path / "nothere.db"), [_simple(tmp_path)])
+
+
+@pytest.mark.parametrize("how", ["same-path", "symlink", "hardlink", "dot-path"], ids=str)
+def test_source_is_target_refused(tmp_path, how):
+    t = _simple(tmp_path, "t.db")
+    alias = {"same-path": t, "dot-path": str(tmp_path / "." / "t.db")}.get(how, str(tmp_path / "alias.db"))
+    if how == "symlink":
+        os.symlink(t, alias)
+    elif how == "hardlink":
+        os.link(t, alias)
+    with pytest.raises(sm.SourceIsTargetError, match="itself"):
+        sm.merge_databases(t, [alias])
+
+
+def test_target_not_writable(tmp_path, monkeypatch):
+    t = _simple(tmp_path, "t.db")
+    real_access = os.access
+    # the tests run as root, for whom access() always succeeds: emulate an unprivileged user
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p) == t and m == os.W_OK else real_access(p, m))
+    with pytest.raises(sm.TargetNotWritableError, match="t.db"):
+        sm.merge_databases(t, [_simple(tmp_path)])
+
+
+HOLD = """
+import sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+if sys.argv[2] == "wal":
+    c.execute("PRAGMA journal_mode=WAL")
+c.execute("BEGIN IMMEDIATE")
+c.execute("INSERT INTO t (v) VALUES ('held')")
+print("locked", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize("which", ["source", "target"], ids=str)
+@pytest.mark.parametrize("journal", ["delete", "wal"], ids=str)
+def test_locked_by_writer(tmp_path, which, journal):
+    t = _simple(tmp_path, "t.db")
+    s = _simple(tmp_path, "s.db", [(5, "b")])
+    held = {"source": s, "target": t}[which]
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, held, journal], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(sm.DatabaseLockedError, match=os.path.basename(held)):
+            sm.merge_databases(t, [s], lock_timeout=0.2)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_disk_full_leaves_target_unchanged(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    s = _simple(tmp_path, "s.db", [(i, "y" * 500) for i in range(10, 2000)])
+    before = snapshot([t])
+    with pytest.raises(sm.DiskFullError, match="full"):
+        sm.merge_databases(t, [s], pragmas=["max_page_count = 20"])
+    assert snapshot([t]) == before
+
+
+def test_hostile_names(tmp_path):
+    evil = 'x"; DROP TABLE t; --'
+    col = "we'ird \"col\""
+    sql = 'CREATE TABLE "%s" (id INTEGER PRIMARY KEY, "%s" TEXT)' % (evil.replace('"', '""'), col.replace('"', '""'))
+    t = make_db(tmp_path / "t.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", sql], {"t": [(1, "a")]})
+    s = make_db(tmp_path / "s.db", [sql], {evil: [(1, "boom")]})
+    con = sqlite3.connect(s)
+    con.execute('CREATE INDEX "i""dx" ON "%s" ("%s")' % (evil.replace('"', '""'), col.replace('"', '""')))
+    con.commit()
+    con.close()
+    os.remove(t)
+    t = make_db(tmp_path / "t.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"], {"t": [(1, "a")]})
+    result = sm.merge_databases(t, [s])
+    assert result["totals"]["inserted"] == 1
+    assert rows(t, 'SELECT "%s" FROM "%s"' % (col.replace('"', '""'), evil.replace('"', '""'))) == [("boom",)]
+    assert rows(t, "SELECT v FROM t") == [("a",)]
+
+
+# ---------------------------------------------------------------------------------------------- WAL
+
+def test_wal_only_rows_are_merged_and_source_untouched(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    s = str(tmp_path / "w.db")
+    writer = sqlite3.connect(s, isolation_level=None)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    writer.execute("INSERT INTO t VALUES (2, 'only in the wal')")
+    # keep the writer's connection open (no checkpoint on close), like a stopped-but-not-checkpointed service
+    assert os.path.getsize(s + "-wal") > 0
+    before = snapshot([s])
+    time.sleep(0.01)
+    try:
+        result = sm.merge_databases(t, [s])
+    finally:
+        after = snapshot([s])
+        writer.close()
+    assert result["totals"]["inserted"] == 1
+    assert rows(t, "SELECT v FROM t ORDER BY id") == [("a",), ("only in the wal",)]
+    assert after == before
+
+
+# ---------------------------------------------------------------------------------------------- shapes & keys
+
+def test_created_table_keeps_indexes_and_triggers(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    s = make_db(tmp_path / "s.db", [
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL CHECK (length(body) > 0), n INTEGER)",
+        "CREATE INDEX notes_body ON notes (body)",
+        "CREATE TRIGGER notes_n AFTER INSERT ON notes BEGIN UPDATE notes SET n = 1 WHERE id = new.id; END",
+    ], {"notes": [(1, "x", None)]})
+    sm.merge_databases(t, [s])
+    names = {r[0] for r in rows(t, "SELECT name FROM sqlite_master")}
+    assert {"notes", "notes_body", "notes_n"} <= names
+    conn = sqlite3.connect(t)
+    conn.execute("INSERT INTO notes (id, body) VALUES (2, 'y')")
+    conn.commit()
+    conn.close()
+    assert rows(t, "SELECT id, n FROM notes ORDER BY id") == [(1, 1), (2, 1)]  # the trigger works in the target
+
+
+def test_text_primary_key_conflict_and_identical(tmp_path):
+    sql = "CREATE TABLE kv (k TEXT PRIMARY KEY, v TEXT)"
+    t = make_db(tmp_path / "t.db", [sql], {"kv": [("a", "1"), ("b", "2")]})
+    s = make_db(tmp_path / "s.db", [sql], {"kv": [("a", "1"), ("b", "changed"), ("c", "3")]})
+    result = sm.merge_databases(t, [s])
+    assert (result["totals"]["identical"], result["totals"]["conflicts"], result["totals"]["inserted"]) == (1, 1, 1)
+
+
+def test_configured_reference_across_sources(tmp_path):
+    t = make_db(tmp_path / "t.db", [USERS_SQL.format(extra="")], {"users": [user(1, "ann")]})
+    a = make_db(tmp_path / "a.db", [USERS_SQL.format(extra="")], {"users": [user(1, "bob")]})
+    b = make_db(tmp_path / "b.db", ["CREATE TABLE notes (id INTEGER PRIMARY KEY, user_id INTEGER, body TEXT)"],
+                {"notes": [(1, 1, "bob's note")]})
+    sm.merge_databases(t, [a, b], keys={"users": ["username"]}, references={"notes": {"user_id": "a.db:users"}})
+    assert rows(t, "SELECT u.username FROM notes n JOIN users u ON u.id = n.user_id") == [("bob",)]
+
+
+def test_columns_added_never_dropped(tmp_path):
+    t = make_db(tmp_path / "t.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"], {"t": [(1, "x", "y")]})
+    s = make_db(tmp_path / "s.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT)"], {"t": [(2, "z")]})
+    s2 = make_db(tmp_path / "s2.db", ["CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b TEXT, c INTEGER)"],
+                 {"t": [(3, "q", "r", 7)]})
+    result = sm.merge_databases(t, [s, s2])
+    assert result["schema_changes"]["columns_added"] == ["t.c"]
+    assert rows(t, "SELECT id, a, b, c FROM t ORDER BY id") == [(1, "x", "y", None), (2, "z", None, None),
+                                                                 (3, "q", "r", 7)]
+
+
+def test_cascade_child_rows_survive(tmp_path):
+    t = make_db(tmp_path / "t.db", ["PRAGMA foreign_keys=ON", TASKS_SQL, COMMENTS_SQL],
+                {"developer_tasks": [(1, "t1", "open")], "task_comments": [(1, 1, "c1")]})
+    s = make_db(tmp_path / "s.db", [TASKS_SQL, COMMENTS_SQL],
+                {"developer_tasks": [(1, "t1", "open"), (2, "s2", "open")], "task_comments": [(5, 2, "c2")]})
+    result = sm.merge_databases(t, [s])
+    assert result["totals"]["identical"] == 1
+    assert rows(t, "SELECT count(*) FROM task_comments") == [(2,)]
+    assert rows(t, "PRAGMA foreign_key_check") == []
+
+
+def test_rename_create_quotes():
+    assert sm.rename_create('CREATE TABLE IF NOT EXISTS "a b" (x)', 'n"ew') == 'CREATE TABLE IF NOT EXISTS "n""ew" (x)'
+    assert sm.rename_create("CREATE UNIQUE INDEX i ON [t] (x)", "j", "u") == 'CREATE UNIQUE INDEX "j" ON "u" (x)'
+
+
+# ---------------------------------------------------------------------------------------------- the module
+
+def _ansible(args, check=False):
+    cmd = [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", "sqlite_merge", "-a", json.dumps(args),
+           "-e", "ansible_python_interpreter=/usr/bin/python3", "-o"]
+    if check:
+        cmd += ["--check", "--diff"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_module_quartet(zoe):
+    args = dict(ZOE_OPTIONS, target=zoe["zoe"], sources=[zoe[n] for n in ZOE_SOURCES])
+    before = snapshot([zoe[n] for n in ("zoe",) + ZOE_SOURCES])
+    rc, out = _ansible(args, check=True)
+    assert rc == 0 and "CHANGED" in out, out
+    assert snapshot([zoe[n] for n in ("zoe",) + ZOE_SOURCES]) == before
+    rc, out = _ansible(args)
+    assert rc == 0 and "CHANGED" in out and "pbkdf2" not in out, out
+    rc, out = _ansible(args, check=True)
+    assert rc == 0 and "SUCCESS" in out, out
+    rc, out = _ansible(args)
+    assert rc == 0 and "SUCCESS" in out, out
+    assert [r[0] for r in rows(zoe["zoe"], "SELECT username FROM users ORDER BY id")] == [
+        "testuser", "admin", "user", "system"]
+
+
+def test_module_failure_is_one_clear_message(zoe):
+    rc, out = _ansible({"target": zoe["zoe"], "sources": [zoe["zoe"]]})
+    assert rc != 0 and "SourceIsTargetError" in out and "itself" in out
+
+
+def test_ansible_doc_renders():
+    proc = subprocess.run([os.path.join(REPO, ".venv", "bin", "ansible-doc"), "-M", "library", "-t", "module",
+                           "sqlite_merge"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0 and "on_conflict" in proc.stdout, proc.stderr
