@@ -1,0 +1,265 @@
+# -*- coding: utf-8 -*-
+"""Read-only audit of a Zoe host tree: every SQLite file, classified, checked and counted.
+
+Standard library only: this runs on the managed host with its own python3.
+
+Why it works the way it does:
+- SQLite files are found by their 16-byte header, not by extension: the Zoe host has databases named
+  *.db, *.sqlite and with no extension at all, and a file named *.db that is not a database is a finding
+  of its own (`not_databases`). -wal, -shm and -journal sidecars are never databases of their own.
+- Every database is read through zoe_sqlite.consistent_copy: the source, its -wal and its -shm are never
+  opened by SQLite, so an audit of a live host changes no byte and no mtime, and still sees the committed
+  transactions that live only in the -wal.
+- The primary database's merge ledger is read from the same copy, so a rerun knows what is already merged
+  even after the fold files left data/.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import sqlite3
+import tempfile
+
+from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, integrity_errors, is_sqlite_file,
+                                             quote_identifier, table_names)
+
+DEFAULT_LEDGER_TABLE = "_zoe_merge_ledger"
+DEFAULT_PRIMARY = "zoe.db"
+SIDECAR_SUFFIXES = ("-wal", "-shm", "-journal")
+ALWAYS_SKIPPED_DIRS = (".git",)
+CLASSES = ("keep", "fold", "unknown")
+
+
+class AuditError(Exception):
+    """Base class of every failure of the audit; the message is one sentence naming the path."""
+
+
+class RootMissingError(AuditError):
+    """The root of the tree is missing or not a directory."""
+
+
+class DataDirMissingError(AuditError):
+    """The data directory is missing or not a directory."""
+
+
+class AuditOptions:
+    """The audit's inputs, normalised: absolute real paths and sets of names."""
+
+    def __init__(self, root, data_dir, keep=(), fold=(), exclude=(), integrity=True, counts=True, backup_root=None,
+                 ledger_table=DEFAULT_LEDGER_TABLE, primary=DEFAULT_PRIMARY):
+        if not root or not os.path.isdir(root):
+            raise RootMissingError("root %s does not exist or is not a directory" % root)
+        if not data_dir or not os.path.isdir(data_dir):
+            raise DataDirMissingError("data_dir %s does not exist or is not a directory" % data_dir)
+        self.root = os.path.realpath(root)
+        self.data_dir = os.path.realpath(data_dir)
+        self.keep = set(keep or ())
+        self.fold = set(fold or ())
+        self.integrity = integrity
+        self.counts = counts
+        self.backup_root = os.path.abspath(backup_root) if backup_root else None
+        self.ledger_table = ledger_table or DEFAULT_LEDGER_TABLE
+        self.primary = primary or DEFAULT_PRIMARY
+        self.exclude_globs, self.exclude_paths = _split_excludes(self.root, exclude or (), self.backup_root)
+
+
+def _split_excludes(root, exclude, backup_root):
+    """Absolute excludes become real paths (pruned with everything below); the rest stay globs on relpaths."""
+    globs, paths = [], []
+    for item in exclude:
+        if os.path.isabs(item):
+            paths.append(os.path.realpath(item))
+        else:
+            globs.append(item.rstrip("/"))
+    if backup_root:
+        # A snapshot holds copies of retired databases: they are the backup, not databases of the host.
+        paths.append(os.path.realpath(backup_root))
+    return globs, paths
+
+
+def _is_under(path, parent):
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def is_excluded(path, opts):
+    """True when a real path matches an exclude: an absolute path (or below it) or a glob on the relpath."""
+    if any(_is_under(path, p) for p in opts.exclude_paths):
+        return True
+    rel = os.path.relpath(path, opts.root)
+    return any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(os.path.basename(path), g)
+               for g in opts.exclude_globs)
+
+
+def is_sidecar(name):
+    return name.endswith(SIDECAR_SUFFIXES)
+
+
+def walk_files(top, opts):
+    """Every regular file below `top` that is not excluded, as real paths (.git and excluded dirs pruned)."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in ALWAYS_SKIPPED_DIRS and not is_excluded(os.path.join(dirpath, d), opts))
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if not is_excluded(path, opts):
+                yield path
+
+
+def find_sqlite_files(opts):
+    """(databases, not_databases): SQLite files of the tree (and of data_dir when it lies outside the tree),
+    each file once even when reached through a hard or symbolic link; and the data_dir files named *.db
+    that are not SQLite."""
+    tops = [opts.root] if _is_under(opts.data_dir, opts.root) else [opts.root, opts.data_dir]
+    seen, found, not_databases = set(), [], []
+    for top in tops:
+        for path in walk_files(top, opts):
+            name = os.path.basename(path)
+            if is_sidecar(name):
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # a dangling symlink, or a file removed while walking
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            if is_sqlite_file(path):
+                found.append(path)
+            elif name.endswith(".db") and os.path.dirname(path) == opts.data_dir:
+                not_databases.append(path)
+    return found, not_databases
+
+
+def classify(path, opts):
+    """keep / fold for the configured names directly inside data_dir; anything else is unknown."""
+    if os.path.dirname(path) != opts.data_dir:
+        return "unknown"
+    name = os.path.basename(path)
+    if name in opts.keep:
+        return "keep"
+    if name in opts.fold:
+        return "fold"
+    return "unknown"
+
+
+def database_size(path):
+    """Bytes of the database and its -wal: what a snapshot of it holds."""
+    size = os.path.getsize(path)
+    if os.path.exists(path + "-wal"):
+        size += os.path.getsize(path + "-wal")
+    return size
+
+
+def read_ledger(conn, table):
+    """The rows of the merge ledger as dicts (every column as stored), [] when the table does not exist."""
+    if table not in table_names(conn):
+        return []
+    cursor = conn.execute("SELECT * FROM %s" % quote_identifier(table))
+    columns = [d[0] for d in cursor.description]
+    return [dict(zip(columns, row)) for row in cursor.fetchall()]
+
+
+def _inspect_copy(copy, opts, want_ledger):
+    """journal_mode, integrity, tables and (for the primary) ledger rows of a private copy."""
+    info = {"journal_mode": None, "integrity": None, "tables": {}, "ledger": []}
+    conn = sqlite3.connect(copy)
+    try:
+        info["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if opts.integrity:
+            errors = integrity_errors(conn)
+            info["integrity"] = errors or "ok"
+        if opts.counts:
+            info["tables"] = {name: conn.execute("SELECT count(*) FROM %s" % quote_identifier(name)).fetchone()[0]
+                              for name in table_names(conn)}
+        if want_ledger:
+            info["ledger"] = read_ledger(conn, opts.ledger_table)
+    finally:
+        conn.close()
+    return info
+
+
+def inspect_database(path, opts, workdir):
+    """One database's entry of the audit. A file SQLite cannot read is reported, never raised."""
+    entry = {"path": path, "relpath": os.path.relpath(path, opts.root), "name": os.path.basename(path),
+             "class": classify(path, opts), "size": database_size(path),
+             "sidecars": [os.path.basename(s) for s in (path + x for x in SIDECAR_SUFFIXES) if os.path.exists(s)],
+             "journal_mode": None, "integrity": None, "tables": {}}
+    want_ledger = entry["class"] == "keep" and entry["name"] == opts.primary
+    ledger = []
+    copy = None
+    try:
+        copy = consistent_copy(path, workdir=workdir)
+        info = _inspect_copy(copy, opts, want_ledger)
+        ledger = info.pop("ledger")
+        entry.update(info)
+    except (sqlite3.Error, SQLiteFileError, OSError) as exc:
+        entry["integrity"] = ["cannot read the database: %s" % exc]
+    finally:
+        if copy:
+            shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
+    return entry, ledger
+
+
+def directory_bytes(path):
+    """Bytes of every regular file below `path`: what a snapshot of the directory has to hold."""
+    total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full) and not os.path.islink(full):
+                total += os.path.getsize(full)
+    return total
+
+
+def nearest_existing(path):
+    """`path` or its nearest existing parent (the backup root may not exist before the first snapshot)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def free_bytes(path):
+    """Bytes an unprivileged writer may still use on the filesystem of `path` (or its nearest parent)."""
+    st = os.statvfs(nearest_existing(path))
+    return st.f_bavail * st.f_frsize
+
+
+def audit_host(opts):
+    """The whole audit as one result dict (see the module's RETURN). Reads only private copies."""
+    paths, not_databases = find_sqlite_files(opts)
+    workdir = tempfile.mkdtemp(prefix="zoe-audit-")
+    try:
+        pairs = [inspect_database(p, opts, workdir) for p in paths]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    databases = [entry for entry, _ in pairs]
+    merged = [row for _, ledger in pairs for row in ledger]
+    in_data = {d["name"] for d in databases if os.path.dirname(d["path"]) == opts.data_dir}
+    failures = [{"relpath": d["relpath"], "errors": d["integrity"]}
+                for d in databases if isinstance(d["integrity"], list)]
+    result = {
+        "root": opts.root,
+        "data_dir": opts.data_dir,
+        "databases": databases,
+        "fold_present": sorted(opts.fold & in_data),
+        "fold_missing": sorted(opts.fold - in_data),
+        "keep_missing": sorted(opts.keep - in_data),
+        "merged": merged,
+        "merged_names": sorted({os.path.basename(str(r["source"])) for r in merged if r.get("source")}),
+        "unknown": [d["relpath"] for d in databases if d["class"] == "unknown"],
+        "data_bytes": directory_bytes(opts.data_dir),
+        "free_bytes": None,
+        "free_path": None,
+        "integrity_failures": failures,
+        "not_databases": [os.path.relpath(p, opts.root) for p in not_databases],
+    }
+    if opts.backup_root:
+        result["free_path"] = nearest_existing(opts.backup_root)
+        result["free_bytes"] = free_bytes(opts.backup_root)
+    return result
