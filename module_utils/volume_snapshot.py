@@ -531,11 +531,17 @@ def apply_snapshot(plan, fsync=True, verify=True):
     try:
         os.chmod(partial, 0o700)
         entries = data["entries"]
+        os.mkdir(os.path.join(partial, FILES_DIR), 0o700)
+        made = [os.path.join(partial, FILES_DIR)]
         for index, root in enumerate(data["roots"]):
-            os.makedirs(os.path.join(partial, FILES_DIR, str(index)), mode=0o700)
+            made.append(os.path.join(partial, FILES_DIR, str(index)))
+            os.mkdir(made[-1], 0o700)
         for entry in entries:
             if entry["type"] == "dir" and entry["rel"] != ".":
-                os.mkdir(stored_path(partial, entry), 0o700)
+                made.append(stored_path(partial, entry))
+                os.mkdir(made[-1], 0o700)
+        for path in made:
+            os.chmod(path, 0o700)  # whatever the umask
         files = sorted((e for e in entries if e["type"] == "file"), key=lambda e: -e["size"])
         with ThreadPoolExecutor(_workers()) as pool:
             outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync),
@@ -815,7 +821,8 @@ def apply_restore(plan, fsync=True, verify=True):
     lock = os.path.join(snap_dir, LOCK_NAMES[0])
     with open(lock, "w") as handle:
         handle.write("%d\n" % os.getpid())
-    stagings, created = {}, []
+    stagings, created, times = {}, [], {}
+    live_touched = False
     try:
         free_needed = {}
         for entry in data["writes"]:
@@ -831,6 +838,8 @@ def apply_restore(plan, fsync=True, verify=True):
             if not os.path.isdir(key):
                 os.makedirs(key, mode=0o700)
                 created.append(key)
+            st = os.stat(key)
+            times[key] = (st.st_atime_ns, st.st_mtime_ns)
             stagings[key] = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=key)
         staged = {}
         with ThreadPoolExecutor(_workers()) as pool:
@@ -840,11 +849,21 @@ def apply_restore(plan, fsync=True, verify=True):
                 staged[entry["path"]] = job.result()
         for path in data["extras"]:
             _remove(path)
+        live_touched = True
         for entry, action in data["actions"]:
             _put_in_place(entry, action, staged)
         for entry, action in data["actions"]:
             if entry["type"] != "dir":
                 _set_meta(entry)
+    except BaseException:
+        # Failed before touching a live file (bad bytes in the snapshot, no space): leave no trace.
+        if not live_touched:
+            for key, staging in stagings.items():
+                shutil.rmtree(staging, ignore_errors=True)
+                os.utime(key, ns=times[key])
+            for key in reversed(created):
+                shutil.rmtree(key, ignore_errors=True)
+        raise
     finally:
         for staging in stagings.values():
             shutil.rmtree(staging, ignore_errors=True)
@@ -910,7 +929,8 @@ def verify_live(manifest):
 def plan_verify(backup_root, snapshot="latest"):
     """Re-read a snapshot: every sha256 against the manifest, integrity_check and row counts of each database.
 
-    Read-only (the databases are opened from a scratch copy under backup_root), so changed is always false.
+    Read-only (the databases are opened from a scratch copy in the system temporary directory), so changed
+    is always false.
     """
     backup_root = os.path.normpath(backup_root)
     snap_dir = find_snapshot(backup_root, snapshot)
@@ -921,7 +941,7 @@ def plan_verify(backup_root, snapshot="latest"):
     for entry in manifest["entries"]:
         if entry["type"] != "file" or not entry.get("sqlite"):
             continue
-        copy = consistent_copy(stored_path(snap_dir, entry), workdir=backup_root)
+        copy = consistent_copy(stored_path(snap_dir, entry))
         try:
             conn = sqlite3.connect(copy)
             try:
@@ -937,8 +957,9 @@ def plan_verify(backup_root, snapshot="latest"):
                                                                                  errors[0]))
         databases.append({"path": entry["path"], "integrity": "ok", "tables": len(rows), "rows": rows})
     result = {"snapshot_id": manifest["id"], "snapshot_path": snap_dir, "manifest": os.path.join(snap_dir, MANIFEST),
-              "roots": [r["path"] for r in manifest["roots"]], "databases": databases, "verified": True}
+              "roots": [r["path"] for r in manifest["roots"]], "verified": True}
     result.update(manifest["totals"])
+    result["databases"] = databases
     return Plan(False, result)
 
 

@@ -1,0 +1,541 @@
+"""volume_snapshot on real files: WAL capture, live snapshots, byte-identical restore, refusals, quartets."""
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from ansible.module_utils.volume_snapshot import (
+    LockedError, ManifestError, NoSpaceError, SourceError, VerifyError, apply_prune, apply_restore, apply_snapshot,
+    copy_and_hash, list_snapshots, load_manifest, plan_prune, plan_restore, plan_snapshot, plan_verify)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def tree_digest(root):
+    """Digest of a tree: every entry's relative path, type, mode, owner, mtime, size and content or target."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in ["."] + sorted(dirnames + filenames):
+            path = os.path.normpath(os.path.join(dirpath, name))
+            if name == "." and dirpath != root:
+                continue
+            st = os.lstat(path)
+            line = [os.path.relpath(path, root), stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                    st.st_gid, st.st_mtime_ns]
+            if stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as handle:
+                    line += [st.st_size, hashlib.sha256(handle.read()).hexdigest()]
+            elif stat.S_ISLNK(st.st_mode):
+                line.append(os.readlink(path))
+            digest.update(repr(line).encode())
+    return digest.hexdigest()
+
+
+def stat_tree(root):
+    """(path, mtime_ns, size, mode) of everything under root, to prove a step wrote nothing."""
+    out = []
+    if not os.path.exists(root):
+        return out
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames) + ["."]:
+            st = os.lstat(os.path.join(dirpath, name))
+            out.append((os.path.join(dirpath, name), st.st_mtime_ns, st.st_size, st.st_mode, st.st_ino))
+    return sorted(out)
+
+
+def wal_db(path, rows=100, wal_rows=50):
+    """A WAL database whose last `wal_rows` rows live only in the -wal; the open connection is returned."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.executemany("INSERT INTO items (body) VALUES (?)", [("row %d" % i,) for i in range(rows)])
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO items (body) VALUES (?)", [("wal %d" % i,) for i in range(wal_rows)])
+    conn.execute("COMMIT")
+    return conn
+
+
+def count_main_file_only(path, tmp_path):
+    """Rows visible from the main database file alone (no -wal): proves the -wal holds the rest."""
+    alone = str(tmp_path / ("alone-%s.db" % uuid.uuid4().hex[:6]))
+    shutil.copyfile(path, alone)
+    conn = sqlite3.connect(alone)
+    try:
+        return conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def build_tree(root):
+    """A data dir like the Zoe host's: WAL databases with sidecars, a subdir, a symlink, odd modes and owners."""
+    os.makedirs(os.path.join(root, "sub", "deep"))
+    conns = [wal_db(os.path.join(root, "zoe.db")), wal_db(os.path.join(root, "sub", "auth.db"), 30, 7)]
+    with open(os.path.join(root, "notes.txt"), "w") as handle:
+        handle.write("hello\n" * 100)
+    with open(os.path.join(root, "sub", "deep", "secret.key"), "wb") as handle:
+        handle.write(os.urandom(5000))
+    os.chmod(os.path.join(root, "sub", "deep", "secret.key"), 0o640)
+    os.chmod(os.path.join(root, "notes.txt"), 0o755)
+    os.chown(os.path.join(root, "notes.txt"), 1234, 4321)
+    os.symlink("notes.txt", os.path.join(root, "link-to-notes"))
+    os.utime(os.path.join(root, "notes.txt"), ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    return conns
+
+
+def close_all(conns):
+    """Close writers without a checkpoint removing the -wal (copy the files' state first is the caller's job)."""
+    for conn in conns:
+        conn.close()
+
+
+def take(backup_root, paths, **kw):
+    plan = plan_snapshot(str(backup_root), [str(p) for p in paths], **kw)
+    return apply_snapshot(plan)
+
+
+@pytest.fixture
+def data_tree(tmp_path):
+    """A data dir with its writers stopped, -wal and -shm left in place (as after `docker stop`)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    conns = build_tree(str(root))
+    # Freeze the sidecars: copy the tree state with connections open, then close on copies so the
+    # live -wal is not checkpointed away.
+    frozen = tmp_path / "frozen"
+    shutil.copytree(str(root), str(frozen), symlinks=True)
+    close_all(conns)
+    shutil.rmtree(str(root))
+    shutil.copytree(str(frozen), str(root), symlinks=True, copy_function=shutil.copy2)
+    os.chown(str(root / "notes.txt"), 1234, 4321)
+    os.utime(str(root / "notes.txt"), ns=(1_600_000_000_000_000_000, 1_600_000_000_123_456_789))
+    shutil.rmtree(str(frozen))
+    assert os.path.getsize(str(root / "zoe.db-wal")) > 0
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- copy engine
+
+
+@pytest.mark.parametrize("size", [0, 1, 1 << 20, (3 << 20) + 17], ids=["empty", "one-byte", "one-buffer", "odd"])
+def test_copy_and_hash_hashes_the_bytes_written(tmp_path, size):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.write_bytes(os.urandom(size))
+    written, digest = copy_and_hash(str(src), str(dst))
+    assert written == size
+    assert digest == hashlib.sha256(dst.read_bytes()).hexdigest() == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert stat.S_IMODE(os.stat(str(dst)).st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------------------------------- WAL capture
+
+
+@pytest.mark.parametrize("mode", ["copy", "backup_api"], ids=["byte-copy", "backup-api"])
+def test_rows_only_in_wal_are_captured(tmp_path, mode):
+    data = tmp_path / "data"
+    data.mkdir()
+    db = str(data / "zoe.db")
+    conn = wal_db(db, rows=100, wal_rows=50)
+    try:
+        assert count_main_file_only(db, tmp_path) == 100  # the 50 newest rows live only in the -wal
+        result = take(tmp_path / "bk", [data], sqlite_mode=mode)
+    finally:
+        conn.close()
+    verified = plan_verify(str(tmp_path / "bk"), result["snapshot_id"]).result
+    assert [d["rows"] for d in verified["databases"]] == [{"items": 150}]
+    manifest = load_manifest(result["snapshot_path"])
+    names = sorted(e["rel"] for e in manifest["entries"] if e["type"] == "file")
+    if mode == "copy":
+        assert names == ["zoe.db", "zoe.db-shm", "zoe.db-wal"]
+    else:
+        assert names == ["zoe.db"]  # self-contained copy; the restore removes stale live sidecars
+
+
+def test_backup_api_snapshot_with_an_active_writer_is_consistent(tmp_path):
+    """A writer commits numbered transactions throughout; the snapshot holds a gap-free prefix that
+    includes every transaction committed before the snapshot began."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = str(data / "live.db")
+    setup = sqlite3.connect(db, isolation_level=None)
+    setup.execute("PRAGMA journal_mode=WAL")
+    setup.execute("CREATE TABLE tx (n INTEGER PRIMARY KEY, pad BLOB)")
+    setup.execute("INSERT INTO tx VALUES (0, zeroblob(4000))")
+    setup.close()
+    committed = [0]
+    stop = threading.Event()
+
+    def writer():
+        conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+        n = 1
+        while not stop.is_set():
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO tx VALUES (?, zeroblob(4000))", [(n + i,) for i in range(10)])
+            conn.execute("COMMIT")
+            committed[0] = n + 9
+            n += 10
+        conn.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        while committed[0] < 2000:
+            time.sleep(0.01)
+        before = committed[0]
+        result = take(tmp_path / "bk", [data], sqlite_mode="backup_api")
+        after = committed[0]
+    finally:
+        stop.set()
+        thread.join()
+    assert after > before  # the writer really ran during the snapshot
+    snap_db = os.path.join(result["snapshot_path"], "files", "0", "live.db")
+    conn = sqlite3.connect(snap_db)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        count, top = conn.execute("SELECT count(*), max(n) FROM tx").fetchone()
+    finally:
+        conn.close()
+    assert top >= before
+    assert count == top + 1  # every transaction up to the cut, none torn
+    assert (top + 1) % 10 == 1  # whole transactions of 10 rows only
+
+
+# ---------------------------------------------------------------------------------------------- snapshot
+
+
+def test_snapshot_permissions_and_manifest(data_tree, tmp_path):
+    result = take(tmp_path / "bk", [data_tree])
+    for dirpath, dirnames, filenames in os.walk(result["snapshot_path"]):
+        assert stat.S_IMODE(os.stat(dirpath).st_mode) == 0o700, dirpath
+        for name in filenames:
+            assert stat.S_IMODE(os.lstat(os.path.join(dirpath, name)).st_mode) == 0o600, name
+    manifest = load_manifest(result["snapshot_path"])
+    notes = next(e for e in manifest["entries"] if e["rel"] == "notes.txt")
+    assert (notes["mode"], notes["uid"], notes["gid"], notes["mtime_ns"]) == (0o755, 1234, 4321,
+                                                                           1_600_000_000_123_456_789)
+    assert notes["path"] == str(data_tree / "notes.txt")
+    assert notes["sha256"] == hashlib.sha256((data_tree / "notes.txt").read_bytes()).hexdigest()
+    link = next(e for e in manifest["entries"] if e["rel"] == "link-to-notes")
+    assert (link["type"], link["target"]) == ("symlink", "notes.txt")
+    assert result["files"] == 8 and result["databases"] == 2 and result["symlinks"] == 1
+    assert not [n for n in os.listdir(str(tmp_path / "bk")) if n.startswith(".")]
+
+
+def test_plan_snapshot_writes_nothing(data_tree, tmp_path):
+    before = stat_tree(str(tmp_path))
+    plan = plan_snapshot(str(tmp_path / "bk"), [str(data_tree)])
+    assert plan.changed and plan.result["bytes"] > 0
+    assert stat_tree(str(tmp_path)) == before
+    assert not (tmp_path / "bk").exists()
+
+
+def test_snapshot_that_does_not_fit_fails_before_writing(tmp_path):
+    """A 2 MiB tmpfs as backup_root, 4 MiB of data: refused with nothing left on the tmpfs."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "big.bin").write_bytes(os.urandom(4 << 20))
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        with pytest.raises(NoSpaceError, match="nothing was written"):
+            take(mount / "bk", [data])
+        assert os.listdir(str(mount)) == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_backup_root_inside_the_sources_is_refused(data_tree):
+    with pytest.raises(SourceError, match="inside the snapshotted path"):
+        plan_snapshot(str(data_tree / "backups"), [str(data_tree)])
+
+
+def test_named_snapshot_is_idempotent(data_tree, tmp_path):
+    first = take(tmp_path / "bk", [data_tree], snapshot="run-42")
+    again = plan_snapshot(str(tmp_path / "bk"), [str(data_tree)], snapshot="run-42")
+    assert first["snapshot_id"] == "run-42" and not again.changed
+
+
+# ---------------------------------------------------------------------------------------------- restore
+
+
+def damage(root):
+    """Arbitrary damage: delete, modify, add, truncate a database, change modes/owners/times, swap a dir."""
+    os.unlink(os.path.join(root, "sub", "auth.db-wal"))
+    with open(os.path.join(root, "notes.txt"), "r+") as handle:
+        handle.write("HELLO")
+    with open(os.path.join(root, "zoe.db"), "r+b") as handle:
+        handle.truncate(1024)
+    with open(os.path.join(root, "new.db"), "w") as handle:
+        handle.write("created after the snapshot")
+    os.makedirs(os.path.join(root, "newdir", "x"))
+    os.chmod(os.path.join(root, "sub", "deep", "secret.key"), 0o666)
+    os.utime(os.path.join(root, "zoe.db-shm"), ns=(1, 1))
+    shutil.rmtree(os.path.join(root, "sub", "deep"))
+    os.symlink("/etc", os.path.join(root, "sub", "deep"))  # a symlink where a directory was
+    os.unlink(os.path.join(root, "link-to-notes"))
+    with open(os.path.join(root, "link-to-notes"), "w") as handle:
+        handle.write("not a link any more")
+
+
+def test_restore_after_arbitrary_damage_gives_the_same_tree(data_tree, tmp_path):
+    expected = tree_digest(str(data_tree))
+    snap = take(tmp_path / "bk", [data_tree])
+    damage(str(data_tree))
+    assert tree_digest(str(data_tree)) != expected
+    etc_before = stat_tree("/etc/ssl")
+    plan = plan_restore(str(tmp_path / "bk"), "latest")
+    assert plan.changed
+    result = apply_restore(plan)
+    assert tree_digest(str(data_tree)) == expected
+    assert result["snapshot_id"] == snap["snapshot_id"]
+    assert result["files_removed"] == 2  # new.db, newdir
+    assert result["files_restored"] >= 4
+    assert stat_tree("/etc/ssl") == etc_before
+    again = plan_restore(str(tmp_path / "bk"), "latest")
+    assert not again.changed and again.result["files_unchanged"] == 8
+    conn = sqlite3.connect(str(data_tree / "zoe.db"))
+    try:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 150
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("checksum", [True, False], ids=["checksum", "quick-check"])
+def test_same_size_same_mtime_edit(data_tree, tmp_path, checksum):
+    """An in-place edit that keeps size and mtime is found by checksum=true and missed, as documented, by
+    the quick check."""
+    take(tmp_path / "bk", [data_tree])
+    path = str(data_tree / "notes.txt")
+    st = os.stat(path)
+    with open(path, "r+") as handle:
+        handle.write("J")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert plan_restore(str(tmp_path / "bk"), "latest", checksum=checksum).changed is checksum
+
+
+def test_check_mode_restore_writes_nothing(data_tree, tmp_path):
+    take(tmp_path / "bk", [data_tree])
+    damage(str(data_tree))
+    before = stat_tree(str(tmp_path))
+    plan = plan_restore(str(tmp_path / "bk"), "latest")
+    assert plan.changed and plan.result["actions"]
+    assert stat_tree(str(tmp_path)) == before
+
+
+def test_restore_of_a_live_snapshot_removes_stale_sidecars(data_tree, tmp_path):
+    take(tmp_path / "bk", [data_tree], sqlite_mode="backup_api")
+    apply_restore(plan_restore(str(tmp_path / "bk"), "latest"))
+    assert not os.path.exists(str(data_tree / "zoe.db-wal"))
+    conn = sqlite3.connect(str(data_tree / "zoe.db"))
+    try:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 150
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def rewrite_manifest(snap_dir, edit):
+    """Edit a manifest and re-sign its checksum, as an attacker with write access to the backup would."""
+    path = os.path.join(snap_dir, "manifest.json")
+    with open(path) as handle:
+        manifest = json.load(handle)
+    edit(manifest)
+    raw = json.dumps(manifest).encode()
+    with open(path, "wb") as handle:
+        handle.write(raw)
+    with open(path + ".sha256", "w") as handle:
+        handle.write("%s  manifest.json\n" % hashlib.sha256(raw).hexdigest())
+
+
+def _entry(manifest, rel):
+    return next(e for e in manifest["entries"] if e["rel"] == rel)
+
+
+def _dotdot(m):
+    e = _entry(m, "notes.txt")
+    e["rel"] = "../escaped.txt"
+    e["path"] = os.path.normpath(os.path.join(m["roots"][0]["path"], "../escaped.txt"))
+
+
+def _absolute(m):
+    _entry(m, "notes.txt")["rel"] = "/tmp/escaped.txt"
+
+
+def _path_elsewhere(m):
+    _entry(m, "notes.txt")["path"] = "/tmp/escaped.txt"
+
+
+def _under_symlink(m):
+    e = dict(_entry(m, "notes.txt"))
+    e["rel"] = "link-to-notes/escaped.txt"
+    e["path"] = os.path.join(m["roots"][0]["path"], e["rel"])
+    m["entries"].append(e)
+
+
+def _root_moved(m):
+    m["roots"][0]["path"] = "/etc"
+
+
+@pytest.mark.parametrize("edit", [_dotdot, _absolute, _path_elsewhere, _under_symlink, _root_moved],
+                         ids=["dotdot", "absolute-rel", "path-elsewhere", "under-a-symlink", "root-moved"])
+def test_tampered_manifest_is_refused_before_writing(data_tree, tmp_path, edit):
+    snap = take(tmp_path / "bk", [data_tree])
+    damage(str(data_tree))
+    rewrite_manifest(snap["snapshot_path"], edit)
+    before = stat_tree(str(tmp_path))
+    allowed = [str(data_tree)] if edit is _root_moved else None
+    with pytest.raises(ManifestError):
+        plan = plan_restore(str(tmp_path / "bk"), "latest", allowed_roots=allowed)
+        apply_restore(plan)
+    assert stat_tree(str(tmp_path)) == before
+    assert not os.path.exists(str(tmp_path / "escaped.txt"))
+
+
+def test_manifest_edited_without_its_checksum_is_refused(data_tree, tmp_path):
+    snap = take(tmp_path / "bk", [data_tree])
+    path = os.path.join(snap["snapshot_path"], "manifest.json")
+    with open(path, "a") as handle:
+        handle.write(" ")
+    with pytest.raises(ManifestError, match="checksum"):
+        plan_restore(str(tmp_path / "bk"), snap["snapshot_id"])
+
+
+def test_corrupt_snapshot_file_aborts_before_any_live_file_changes(data_tree, tmp_path):
+    snap = take(tmp_path / "bk", [data_tree])
+    damage(str(data_tree))
+    stored = os.path.join(snap["snapshot_path"], "files", "0", "zoe.db")
+    with open(stored, "r+b") as handle:
+        handle.seek(2000)
+        handle.write(b"\xff")
+    before = stat_tree(str(data_tree))
+    with pytest.raises(VerifyError, match="nothing was restored"):
+        apply_restore(plan_restore(str(tmp_path / "bk"), "latest"))
+    assert [s[:3] for s in stat_tree(str(data_tree))] == [s[:3] for s in before]
+    with pytest.raises(VerifyError):
+        plan_verify(str(tmp_path / "bk"), "latest")
+
+
+def test_verified_state_reports_integrity_and_rows(data_tree, tmp_path):
+    snap = take(tmp_path / "bk", [data_tree])
+    before = stat_tree(str(tmp_path))
+    plan = plan_verify(str(tmp_path / "bk"), snap["snapshot_id"])
+    assert not plan.changed
+    assert sorted((os.path.basename(d["path"]), d["integrity"], d["rows"]["items"])
+                  for d in plan.result["databases"]) == [("auth.db", "ok", 37), ("zoe.db", "ok", 150)]
+    assert stat_tree(str(tmp_path)) == before
+
+
+# ---------------------------------------------------------------------------------------------- prune
+
+
+def test_prune_keeps_newest_and_locked(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_text("x")
+    ids = []
+    for i in range(5):
+        ids.append(take(tmp_path / "bk", [data], snapshot="s%d" % i)["snapshot_id"])
+        time.sleep(0.01)
+    (tmp_path / "bk" / "s0" / ".restore-lock").write_text("1\n")
+    plan = plan_prune(str(tmp_path / "bk"), keep=2)
+    assert plan.result["removed"] == ["s1", "s2"] and plan.result["protected"] == ["s0"]
+    apply_prune(plan)
+    assert [sid for _ns, sid, _p in list_snapshots(str(tmp_path / "bk"))] == ["s0", "s3", "s4"]
+    assert not plan_prune(str(tmp_path / "bk"), keep=2).changed
+    with pytest.raises(LockedError):
+        plan_prune(str(tmp_path / "bk"), snapshot="s0")
+    with pytest.raises(Exception, match="at least 1"):
+        plan_prune(str(tmp_path / "bk"), keep=0)
+
+
+# ---------------------------------------------------------------------------------------------- module, quartets
+
+
+def run_module(args, check=False, diff=False):
+    """Run the module through `ansible localhost -m volume_snapshot` on the system python3."""
+    cmd = [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", "volume_snapshot", "-a",
+           json.dumps(args), "-e", "ansible_python_interpreter=/usr/bin/python3"]
+    cmd += ["--check"] if check else []
+    cmd += ["--diff"] if diff else []
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json",
+               PATH=os.path.join(REPO, ".venv", "bin") + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    out = json.loads(proc.stdout)
+    return out["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_quartet_present_restored_absent_through_ansible(data_tree, tmp_path):
+    bk = str(tmp_path / "bk")
+    snap = {"paths": [str(data_tree)], "backup_root": bk, "snapshot": "rollback-1"}
+    check = run_module(snap, check=True)
+    assert check["changed"] and not os.path.exists(bk)
+    real = run_module(snap)
+    assert real["changed"] and real["snapshot_id"] == "rollback-1" and real["files"] == 8
+    assert "sha256" not in json.dumps(real) and "hello" not in json.dumps(real)
+    assert not run_module(snap, check=True)["changed"]
+    assert not run_module(snap)["changed"]
+
+    expected = tree_digest(str(data_tree))
+    damage(str(data_tree))
+    restore = {"state": "restored", "backup_root": bk, "snapshot": "latest", "paths": [str(data_tree)]}
+    before = stat_tree(str(tmp_path))
+    check = run_module(restore, check=True, diff=True)
+    assert check["changed"] and stat_tree(str(tmp_path)) == before
+    assert "remove %s" % (data_tree / "new.db") in check["diff"]["before"]
+    real = run_module(restore)
+    assert real["changed"] and tree_digest(str(data_tree)) == expected, real
+    assert not run_module(restore, check=True)["changed"]
+    assert not run_module(restore)["changed"]
+
+    run_module({"paths": [str(data_tree)], "backup_root": bk, "snapshot": "rollback-2"})
+    prune = {"state": "absent", "backup_root": bk, "keep": 1}
+    assert run_module(prune, check=True)["changed"] and os.path.isdir(os.path.join(bk, "rollback-1"))
+    assert run_module(prune)["removed"] == ["rollback-1"]
+    assert not run_module(prune, check=True)["changed"]
+    assert not run_module(prune)["changed"]
+
+    failed = run_module({"state": "restored", "backup_root": bk, "snapshot": "nope"})
+    assert failed["failed"] and failed["msg"].startswith("snapshot not found")
+
+
+# ---------------------------------------------------------------------------------------------- docker volume
+
+
+def test_named_docker_volume_snapshot_and_restore(docker_engine, tmp_path):
+    name = "zoe-test-%s" % uuid.uuid4().hex[:10]
+    subprocess.run(["docker", "volume", "create", name], check=True, capture_output=True)
+    try:
+        mountpoint = subprocess.run(["docker", "volume", "inspect", "-f", "{{.Mountpoint}}", name], check=True,
+                                    capture_output=True, text=True).stdout.strip()
+        conn = wal_db(os.path.join(mountpoint, "memory.db"), 40, 9)
+        conn.close()
+        os.makedirs(os.path.join(mountpoint, "cache"))
+        with open(os.path.join(mountpoint, "cache", "x.bin"), "wb") as handle:
+            handle.write(os.urandom(3000))
+        expected = tree_digest(mountpoint)
+        result = run_module({"volumes": [name], "backup_root": str(tmp_path / "bk")})
+        assert result["changed"] and result["roots"] == [mountpoint], result
+        os.unlink(os.path.join(mountpoint, "memory.db"))
+        shutil.rmtree(os.path.join(mountpoint, "cache"))
+        with open(os.path.join(mountpoint, "stray"), "w") as handle:
+            handle.write("x")
+        restored = run_module({"state": "restored", "backup_root": str(tmp_path / "bk"), "volumes": [name]})
+        assert restored["changed"], restored
+        assert tree_digest(mountpoint) == expected
+    finally:
+        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True)
