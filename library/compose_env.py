@@ -50,7 +50,8 @@ options:
     default: []
   set:
     description:
-      - Variables to set, name -> value. An existing entry is updated in its own form (list C(- KEY=value)
+      - >-
+        Variables to set, name -> value. An existing entry is updated in its own form (list C(- KEY=value)
         or map C(KEY: value)) and quoting style.
       - In a compose file a variable missing from a service named in O(services) is appended to that
         service's environment (created in the file's usual form when the service has none). Without

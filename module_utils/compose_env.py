@@ -90,9 +90,12 @@ def encode_double(text):
     return "".join(out)
 
 
-def plain_safe(text, in_flow=False, string_only=True):
-    """True when `text` can be written as a plain YAML scalar and read back as the same string."""
-    if not text or text != text.strip() or text[0] in "-?:,[]{}#&*!|>'\"%@`":
+def plain_safe(text, in_flow=False, string_only=True, first=True):
+    """True when `text` can be written as a plain YAML scalar and read back as the same string.
+
+    `first` is false for a continuation line of a multi-line plain scalar, where indicators may start it.
+    """
+    if not text or text != text.strip() or (first and text[0] in "-?:,[]{}#&*!|>'\"%@`"):
         return False
     if ": " in text or text.endswith(":") or " #" in text or "\t#" in text:
         return False
@@ -321,6 +324,8 @@ class _Scanner(object):
         pos = col
         # sequence entries ("- ", possibly several on one line)
         while pos < len(body) and body[pos] == "-" and (pos + 1 == len(body) or body[pos + 1] in " \t"):
+            if not self.stack:
+                self.fail(index, "a compose file must be a mapping (found a list at the top level)")
             while self.stack and (self.stack[-1].col > pos or
                                   (self.stack[-1].col == pos and self.stack[-1].kind == "item")):
                 self.stack.pop()
@@ -329,10 +334,12 @@ class _Scanner(object):
             self.seq_counts[(parent_path, pos)] = count + 1
             self.push(index, pos, count, "item")
             pos = _skip_spaces(body, pos + 1)
-        self.touch(index)
         if pos >= len(body) or _at_comment(body, pos):
+            self.touch(index)
             return
         key_end, key_label = self.match_key(index, body, pos)
+        if key_end is None:
+            self.touch(index)
         if key_end is not None:
             while self.stack and self.stack[-1].col >= pos:
                 self.stack.pop()
@@ -842,7 +849,8 @@ def _plan_compose(plan, doc, spec):
 def _splice(plan, doc, scalar, new_inner_value, string_only, allow_requote=True):
     """Replace a scalar's value, in its own style when it can hold it, else as a double-quoted scalar."""
     inner = encode_inner(scalar.style, new_inner_value)
-    if scalar.style == "plain" and not plain_safe(new_inner_value, scalar.in_flow, string_only):
+    if scalar.style == "plain" and not plain_safe(new_inner_value, scalar.in_flow, string_only and scalar.whole,
+                                                  first=scalar.whole):
         inner = None
     if inner is not None:
         plan.edits.append(Edit(doc.offset(scalar.line, scalar.start), doc.offset(scalar.line, scalar.end), inner))

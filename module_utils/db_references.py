@@ -5,6 +5,8 @@
 # Matching is by name with file-name boundaries: `auth.db` matches `/app/data/auth.db`, `"auth.db"`,
 # `auth.db-wal` (a SQLite sidecar names the same database) and `auth.db.` at the end of a sentence, and
 # does not match `oauth.db`, `myauth.db`, `zoe-auth.db`, `.auth.db` or `auth.db.bak` (another file).
+# A `-` before the name only breaks the match after a file-name character (`zoe-auth.db`), not in
+# `${DB:-auth.db}`.
 
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ def name_pattern(names):
     for name in sorted(set(names), key=lambda item: (-len(item), item)):
         piece = re.escape(name)
         if re.match(r"[%s]" % _WORD, name[0]):
-            piece = r"(?<![%s.\-])" % _WORD + piece
+            piece = r"(?<![%s.])(?<![%s.]-)" % (_WORD, _WORD) + piece
         if re.match(r"[%s]" % _WORD, name[-1]):
             piece += r"(?![%s]|[.\-](?!(?:%s)\b)[%s])" % (_WORD, "|".join(SIDECAR_SUFFIXES), _WORD)
         parts.append("(?:%s)" % piece)
@@ -226,11 +228,9 @@ _HASH_COMMENT_SUFFIXES = (".py", ".sh", ".bash", ".yml", ".yaml", ".env", ".toml
                           ".conf", ".rb", ".pl", ".r", "dockerfile", "makefile", ".txt")
 _SLASH_COMMENT_SUFFIXES = (".js", ".ts", ".jsx", ".tsx", ".go", ".c", ".h", ".cpp", ".java", ".rs",
                            ".swift", ".kt", ".css", ".scss", ".php")
-_CONNECT_RE = re.compile(r"(\bconnect\s*\(|create_engine\s*\(|\bDatabase\s*\(|\bsqlite3\s+[^|;]*$|"
-                         r"new\s+sqlite3\.Database\s*\(|open_database\s*\(|\bsqlite:///)")
+_CONNECT_RE = re.compile(r"(\bconnect\s*\(|create_engine\s*\(|\bDatabase\s*\(|open_database\s*\()")
 _ENV_DEFAULT_RE = re.compile(r"(getenv\s*\(|environ\.get\s*\(|environ\[|\$\{[A-Za-z_][A-Za-z0-9_]*:?[-=]|"
-                             r"process\.env\.[A-Za-z_0-9]+\s*(\|\||\?\?)|^\s*(export\s+)?[A-Z_][A-Z0-9_]*\s*=|"
-                             r"^\s*-?\s*[A-Z_][A-Z0-9_]*\s*[:=])")
+                             r"process\.env\.[A-Za-z_0-9]+\s*(\|\||\?\?))")
 
 
 def _comment_start(line, lower_name):
@@ -267,8 +267,9 @@ def classify(relpath, line, column):
     """The kind of one reference: doc, comment, env_default, connect_call, path_literal or other.
 
     Order matters: a doc file is all `doc`; text after a comment marker is a `comment`; an env
-    default (`os.getenv("DB", "auth.db")`, `${DB:-/app/data/auth.db}`, `DB=...`) is more specific
-    than the connect call around it; a name in a quoted string or after a `/` is a path literal.
+    default (`os.getenv("DB", "auth.db")`, `${DB:-/app/data/auth.db}`) is more specific than the
+    connect call around it (`sqlite3.connect(`, `create_engine(`); anything else in a quoted string or
+    after a `/` is a path literal, including `DB=/app/data/auth.db` assignments (a value, not a default).
     """
     lower = relpath.lower()
     if lower.endswith(DOC_SUFFIXES) or "/docs/" in "/" + lower:
@@ -390,6 +391,10 @@ def plan_references(root, mode="audit", mapping=None, names=None, include=(), ex
         if not old or new is None or str(new) == "":
             raise OptionError("O(mapping) entry %r -> %r: names must be non-empty" % (old, new))
     pattern = name_pattern(set(names) | set(mapping))
+    mapped = name_pattern(mapping.keys()) if mapping else None
+    for new in mapping.values():
+        if mapped and mapped.search(str(new)):
+            raise OptionError("O(mapping) value %r is itself a mapped name: a rerun would rewrite it again" % new)
     files, skipped = walk_files(root, include, exclude, skip_dirs, respect_gitignore, max_file_size)
     plans = []
     for relpath in files:
