@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Benchmark sqlite_merge against the floor, row-by-row Python and sqlite-utils, in the same run.
+
+Data: a target and 13 sources, table records(id TEXT PRIMARY KEY, owner, value, note, updated_at), plus a child
+table notes(id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body). About 3% of each source's keys
+collide with the target (half identical rows, half different content). Every approach runs in its own process on a
+fresh copy of the target (peak RSS per process from wait4), timing the merge only.
+
+    .venv/bin/python bench/bench_sqlite_merge.py --rows 5000000
+"""
+
+import argparse
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+import conftest  # noqa: E402,F401  (module_utils on ansible.module_utils.__path__)
+from ansible.module_utils.sqlite_merge import merge_databases  # noqa: E402
+
+SOURCES = 13
+COLLIDE = 0.03
+
+
+def generate(workdir, total):
+    per = total // (SOURCES + 1)
+    os.makedirs(workdir, exist_ok=True)
+    paths = []
+    for n in range(SOURCES + 1):
+        path = os.path.join(workdir, "target.db" if n == 0 else "src%02d.db" % n)
+        if os.path.exists(path):
+            os.remove(path)
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("CREATE TABLE records (id TEXT PRIMARY KEY, owner TEXT, value INTEGER, note TEXT, "
+                     "updated_at TEXT)")
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body TEXT)")
+        ncoll = int(per * COLLIDE) if n else 0
+        conn.execute("BEGIN")
+        conn.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+            "INSERT INTO records SELECT CASE WHEN i < ? THEN 'r00-' || (i * 7) ELSE printf('r%02d-%d', ?, i) END, "
+            "'owner' || ((CASE WHEN i < ? THEN i * 7 ELSE i END) % 97), "
+            "CASE WHEN i < ? AND i % 2 = 1 THEN -1 WHEN i < ? THEN i * 49 ELSE i * 7 END, "
+            "CASE WHEN i < ? THEN 'note ' || (i * 7) ELSE 'note ' || i END, '2024-01-01' FROM c",
+            (per - 1, ncoll, n, ncoll, ncoll, ncoll, ncoll))
+        conn.execute(
+            "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
+            "INSERT INTO notes SELECT i, printf('r%02d-%d', ?, ? + (i * 9) % ?), 'body ' || i FROM c",
+            (per // 10, n, ncoll, per - ncoll))
+        conn.execute("COMMIT")
+        conn.close()
+        paths.append(path)
+    return paths[0], paths[1:]
+
+
+def floor(target, sources):
+    conn = sqlite3.connect(target, isolation_level=None)
+    # SQLite attaches at most 10 databases and cannot DETACH inside a transaction: 13 sources need 2 transactions
+    for start in range(0, len(sources), 10):
+        batch = sources[start:start + 10]
+        for i, src in enumerate(batch):
+            conn.execute("ATTACH ? AS s%d" % i, (src,))
+        conn.execute("BEGIN")
+        for i in range(len(batch)):
+            conn.execute("INSERT OR IGNORE INTO main.records SELECT * FROM s%d.records" % i)
+            conn.execute("INSERT OR IGNORE INTO main.notes SELECT * FROM s%d.notes" % i)
+        conn.execute("COMMIT")
+        for i in range(len(batch)):
+            conn.execute("DETACH s%d" % i)
+    conn.close()
+
+
+def row_by_row(target, sources):
+    """What hand-written migration scripts do: look each row up, insert, skip or record a conflict."""
+    conn = sqlite3.connect(target)
+    conn.execute("CREATE TABLE IF NOT EXISTS conflicts (tbl TEXT, key TEXT, source_row TEXT)")
+    for src in sources:
+        sconn = sqlite3.connect(src)
+        for row in sconn.execute("SELECT * FROM records"):
+            have = conn.execute("SELECT * FROM records WHERE id = ?", (row[0],)).fetchone()
+            if have is None:
+                conn.execute("INSERT INTO records VALUES (?, ?, ?, ?, ?)", row)
+            elif tuple(have) != tuple(row):
+                conn.execute("INSERT INTO conflicts VALUES ('records', ?, ?)", (row[0], repr(row)))
+        id_map = {}
+        new_id = conn.execute("SELECT coalesce(max(id), 0) FROM notes").fetchone()[0]
+        for row in sconn.execute("SELECT * FROM notes"):
+            if conn.execute("SELECT 1 FROM notes WHERE id = ?", (row[0],)).fetchone():
+                new_id += 1
+                id_map[row[0]] = new_id
+                row = (new_id,) + tuple(row[1:])
+            conn.execute("INSERT INTO notes VALUES (?, ?, ?)", row)
+        sconn.close()
+    conn.commit()
+    conn.close()
+
+
+def sqlite_utils_way(target, sources):
+    import sqlite_utils
+    db = sqlite_utils.Database(target)
+    for src in sources:
+        sdb = sqlite_utils.Database(src)
+        with db.conn:
+            db["records"].insert_all(sdb["records"].rows, pk="id", ignore=True, batch_size=1000)
+            db["notes"].insert_all(({k: v for k, v in r.items() if k != "id"} for r in sdb["notes"].rows),
+                                   batch_size=1000)
+        sdb.close()
+
+
+def module(target, sources):
+    result = merge_databases(target, sources, workdir=os.path.dirname(target))
+    t = result["totals"]
+    print("module accounting: %d rows = %d inserted + %d identical + %d conflicts, %d remapped"
+          % (t["source_rows"], t["inserted"], t["identical"], t["conflicts"], t["remapped"]), file=sys.stderr)
+
+
+APPROACHES = {"floor": floor, "module": module, "row_by_row": row_by_row, "sqlite_utils": sqlite_utils_way}
+
+
+def run_one(name, workdir, target, sources):
+    """Run one approach in a child process on a fresh target copy; return (seconds, peak RSS MiB)."""
+    copy = os.path.join(workdir, "run-%s.db" % name)
+    shutil.copyfile(target, copy)
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, copy] + sources)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit("%s failed" % name)
+    seconds = float(open(copy + ".time").read())
+    for suffix in ("", ".time"):
+        os.remove(copy + suffix)
+    return seconds, usage.ru_maxrss / 1024.0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1000000)
+    parser.add_argument("--workdir", default="/tmp/bench_sqlite_merge")
+    parser.add_argument("--only", nargs="*", default=list(APPROACHES))
+    parser.add_argument("--child", nargs="+")
+    args, rest = parser.parse_known_args()
+    if args.child:
+        name, target = args.child[0], args.child[1]
+        start = time.perf_counter()
+        APPROACHES[name](target, args.child[2:] + rest)
+        open(target + ".time", "w").write(str(time.perf_counter() - start))
+        return
+    start = time.perf_counter()
+    target, sources = generate(args.workdir, args.rows)
+    rows = sum(sqlite3.connect(p).execute("SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM notes)")
+               .fetchone()[0] for p in sources)
+    print("generated %d source rows in %d sources (+ target) in %.1f s" % (rows, len(sources),
+                                                                           time.perf_counter() - start))
+    results = {name: run_one(name, args.workdir, target, sources) for name in args.only}
+    base = results.get("floor", (None,))[0]
+    print("| approach | seconds | x floor | peak RSS MiB |")
+    print("|---|---:|---:|---:|")
+    for name, (secs, rss) in results.items():
+        print("| %s | %.1f | %s | %.0f |" % (name, secs, "%.2f" % (secs / base) if base else "-", rss))
+
+
+if __name__ == "__main__":
+    main()
