@@ -1,0 +1,275 @@
+"""db_references: audit and rewrite references to database names in a source tree.
+
+The demo host generator (tools/zoe_demo) plants 441 references in 95 files and records each one;
+the audit must find exactly those, and a rewrite must leave none outside the exempt files.
+"""
+
+import collections
+import hashlib
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from ansible.module_utils.db_references import (
+    OptionError, RootError, classify, glob_match, name_pattern, plan_references, walk_files)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tree_digests(root):
+    result = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as handle:
+                result[os.path.relpath(path, root)] = (hashlib.sha256(handle.read()).hexdigest(),
+                                                       os.stat(path).st_mtime_ns)
+    return result
+
+
+def write(root, relpath, data, mode=0o644):
+    path = os.path.join(str(root), relpath)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+    os.chmod(path, mode)
+    return path
+
+
+# --- matching ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, found", [
+    ("/app/data/auth.db", ["auth.db"]),
+    ('"auth.db"', ["auth.db"]),
+    ("see auth.db.", ["auth.db"]),
+    ("auth.db-wal", ["auth.db"]),
+    ("auth.db-shm and auth.db-journal", ["auth.db", "auth.db"]),
+    ("${DB:-auth.db}", ["auth.db"]),
+    ("oauth.db", []),
+    ("myauth.db", []),
+    ("zoe-auth.db", []),
+    (".auth.db", []),
+    ("auth.db.bak", []),
+    ("auth.db_old", []),
+    ("auth.dbx", []),
+    ("auth.db-backup", []),
+    ("sessions.db,auth.db", ["sessions.db", "auth.db"]),
+], ids=["path", "quoted", "sentence-end", "wal-sidecar", "shm-journal", "env-default", "oauth", "myauth",
+        "hyphen-prefix", "hidden", "bak-suffix", "underscore-suffix", "longer-ext", "hyphen-suffix", "two"])
+def test_name_boundaries(text, found):
+    pattern = name_pattern(["auth.db", "sessions.db"])
+    assert [m.group(0) for m in pattern.finditer(text)] == found
+
+
+@pytest.mark.parametrize("relpath, line, kind", [
+    ("docs/DATABASES.md", "The `auth.db` file", "doc"),
+    ("README.md", "auth.db", "doc"),
+    ("services/a/db.py", "# opened auth.db here", "comment"),
+    ("services/a/db.py", 'x = 1  # auth.db', "comment"),
+    ("services/a/db.py", 'x = "a # b auth.db"', "path_literal"),
+    ("web/config.js", "// auth.db", "comment"),
+    ("services/a/db.py", 'DB = os.getenv("DB", "/app/data/auth.db")', "env_default"),
+    ("services/a/db.py", 'DB = os.environ.get("DB", "auth.db")', "env_default"),
+    ("scripts/run.sh", 'DB="${DB:-/app/data/auth.db}"', "env_default"),
+    ("services/a/db.py", 'conn = sqlite3.connect("/app/data/auth.db")', "connect_call"),
+    ("services/a/db.py", 'engine = create_engine("sqlite:////app/data/auth.db")', "connect_call"),
+    ("docker-compose.yml", "  - DATABASE_PATH=/app/data/auth.db", "path_literal"),
+    ("services/a/db.py", "SOURCES = ['auth.db']", "path_literal"),
+    ("Makefile", "\tcp auth.db out", "other"),
+], ids=["doc-dir", "readme", "py-comment", "trailing-comment", "hash-in-string", "js-comment", "getenv",
+        "environ-get", "shell-default", "connect", "create-engine", "compose-env", "list-literal", "bare"])
+def test_classify(relpath, line, kind):
+    column = line.index("auth.db")
+    assert classify(relpath, line, column) == kind
+
+
+@pytest.mark.parametrize("pattern, relpath, matched", [
+    ("*.py", "a/b/c.py", True),
+    ("*.py", "c.pyc", False),
+    ("services/*/db.py", "services/x/db.py", True),
+    ("services/*/db.py", "services/x/y/db.py", False),
+    ("docs/**", "docs/a/b.md", True),
+    ("docs", "docs/a/b.md", True),
+    ("/abs-like/x.py", "abs-like/x.py", True),
+    ("scripts/migration/consolidate_databases.py", "scripts/migration/consolidate_databases.py", True),
+], ids=["basename", "basename-no", "anchored", "anchored-depth", "double-star", "dir", "leading-slash", "exact"])
+def test_glob_match(pattern, relpath, matched):
+    assert glob_match(pattern, relpath) is matched
+
+
+def test_walk_skips_ignored_binary_large_and_skip_dirs(tmp_path):
+    write(tmp_path, ".gitignore", "logs/\n*.log\n!keep.log\n/build\n")
+    write(tmp_path, "a.py", "auth.db\n")
+    write(tmp_path, "logs/x.txt", "auth.db\n")
+    write(tmp_path, "sub/y.log", "auth.db\n")
+    write(tmp_path, "sub/keep.log", "auth.db\n")
+    write(tmp_path, "build/z.py", "auth.db\n")
+    write(tmp_path, "sub/build/z.py", "auth.db\n")
+    write(tmp_path, "node_modules/m.js", "auth.db\n")
+    write(tmp_path, "backups/2025/auth.py", "auth.db\n")
+    write(tmp_path, "img.png", b"\x89PNG\x00auth.db")
+    write(tmp_path, "big.txt", "auth.db\n" * 200)
+    write(tmp_path, "sub/.gitignore", "*.md\n")
+    write(tmp_path, "sub/n.md", "auth.db\n")
+    os.symlink(os.path.join(str(tmp_path), "a.py"), os.path.join(str(tmp_path), "link.py"))
+    files, skipped = walk_files(str(tmp_path), skip_dirs=(".git", "node_modules", "backups"), max_file_size=1000)
+    assert files == [".gitignore", "a.py", "sub/.gitignore", "sub/build/z.py", "sub/keep.log"]
+    assert sorted((s["file"], s["reason"].split(" ")[0]) for s in skipped) == [("big.txt", "larger"), ("img.png", "binary")]
+    files, _ = walk_files(str(tmp_path), respect_gitignore=False, skip_dirs=("backups/2025",), max_file_size=0)
+    assert "logs/x.txt" in files and "node_modules/m.js" in files and "backups/2025/auth.py" not in files
+
+
+# --- plan on a small tree ----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_tree(tmp_path):
+    write(tmp_path, "services/auth/db.py",
+          'import os, sqlite3\nDB = os.getenv("DATABASE_PATH", "/app/data/auth.db")  # was auth.db\n'
+          'conn = sqlite3.connect("/app/data/sessions.db")\nOTHER = "oauth.db.bak"\nBAK = "/app/data/auth.db.bak"\n'
+          'KEEP = "memory.db"\n', 0o640)
+    write(tmp_path, "docs/DATABASES.md", "See auth.db and sessions.db.\n")
+    write(tmp_path, "scripts/migration/merge.py", 'SRC = "/app/data/auth.db"\n')
+    write(tmp_path, ".env", "JWT_SECRET=8f14e45fceea167a5a36dedd4bea2543\nDB=/app/data/auth.db\n")
+    write(tmp_path, "data/auth.db", b"SQLite format 3\x00auth.db")
+    return str(tmp_path)
+
+
+MAPPING = {"auth.db": "zoe.db", "sessions.db": "zoe.db"}
+
+
+def test_audit_reports_references_and_writes_nothing(small_tree):
+    before = tree_digests(small_tree)
+    plan = plan_references(small_tree, names=["auth.db", "sessions.db", "memory.db"])
+    assert not plan.changed
+    got = [(r["file"], r["line"], r["name"], r["kind"]) for r in plan.references()]
+    assert got == [
+        (".env", 2, "auth.db", "path_literal"),
+        ("docs/DATABASES.md", 1, "auth.db", "doc"), ("docs/DATABASES.md", 1, "sessions.db", "doc"),
+        ("scripts/migration/merge.py", 1, "auth.db", "path_literal"),
+        ("services/auth/db.py", 2, "auth.db", "env_default"), ("services/auth/db.py", 2, "auth.db", "comment"),
+        ("services/auth/db.py", 3, "sessions.db", "connect_call"), ("services/auth/db.py", 6, "memory.db", "path_literal"),
+    ]
+    assert plan.skipped == [{"file": "data/auth.db", "reason": "binary"}]
+    assert tree_digests(small_tree) == before
+
+
+def test_rewrite_plan_respects_exempt_and_mapping(small_tree):
+    before = tree_digests(small_tree)
+    plan = plan_references(small_tree, mode="rewrite", mapping=MAPPING, names=["memory.db"],
+                           exempt=["scripts/migration/*.py"])
+    assert tree_digests(small_tree) == before
+    assert [f.relpath for f in plan.changed_files] == [".env", "docs/DATABASES.md", "services/auth/db.py"]
+    assert plan.changes() == {".env": 1, "docs/DATABASES.md": 2, "services/auth/db.py": 3}
+    assert sorted((r["file"], r["name"], r["reason"]) for r in plan.left_alone()) == [
+        ("scripts/migration/merge.py", "auth.db", "exempt"), ("services/auth/db.py", "memory.db", "not in mapping")]
+    code = [f for f in plan.files if f.relpath == "services/auth/db.py"][0].after
+    assert 'OTHER = "oauth.db.bak"' in code and 'BAK = "/app/data/auth.db.bak"' in code
+    assert 'sqlite3.connect("/app/data/zoe.db")' in code
+    diffs = json.dumps(plan.diffs()) + plan.unified_diff()
+    assert "8f14e45fceea167a5a36dedd4bea2543" not in diffs and "+DB=/app/data/zoe.db" in plan.unified_diff()
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    ({"mode": "rewrite", "names": ["auth.db"]}, OptionError, "needs O(mapping)"),
+    ({}, OptionError, "nothing to look for"),
+    ({"mode": "rewrite", "mapping": {"auth.db": "zoe.db", "zoe.db": "x.db"}}, OptionError, "rerun"),
+], ids=["rewrite-without-mapping", "no-names", "chained-mapping"])
+def test_option_errors(small_tree, kwargs, error, words):
+    with pytest.raises(error, match=re.escape(words)):
+        plan_references(small_tree, **kwargs)
+
+
+def test_missing_root():
+    with pytest.raises(RootError):
+        plan_references("/nonexistent/zoe", names=["auth.db"])
+
+
+# --- the demo host -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from zoe_demo import FOLD_DATABASES, KEEP_DATABASES, UNKNOWN_DATABASES, build_demo_host
+    root = str(tmp_path_factory.mktemp("demo") / "zoe")
+    record = build_demo_host(root, seed=1)
+    names = [os.path.basename(n) for n in KEEP_DATABASES + FOLD_DATABASES + UNKNOWN_DATABASES]
+    fold = [os.path.basename(n) for n in FOLD_DATABASES]
+    return root, record, names, fold
+
+
+def test_audit_matches_the_generator_record(demo):
+    root, record, names, _ = demo
+    plan = plan_references(root, names=names)
+    mine = collections.Counter((r["file"], r["line"], r["name"], r["kind"]) for r in plan.references())
+    planted = collections.Counter((r["file"], r["line"], r["name"], r["kind"]) for r in record["references"])
+    assert mine == planted
+    assert len(plan.references()) == 441 and len(plan.counts()) == 95
+    assert sorted(plan.counts()) == sorted(record["reference_files"])
+
+
+def test_rewrite_leaves_no_retired_name_outside_exempt_files(demo, tmp_path):
+    import shutil
+    source, record, names, fold = demo
+    root = str(tmp_path / "zoe")
+    shutil.copytree(source, root, symlinks=True)
+    exempt = record["exempt_files"]
+    before = tree_digests(root)
+    plan = plan_references(root, mode="rewrite", mapping={name: "zoe.db" for name in fold}, names=names,
+                           exempt=exempt)
+    assert tree_digests(root) == before
+
+    class Module(object):
+        @staticmethod
+        def atomic_move(src, dest):
+            os.rename(src, dest)
+
+    from ansible.module_utils.db_references import apply_references
+    apply_references(Module(), plan)
+    after = plan_references(root, names=names)
+    retired_left = [r for r in after.references() if r["name"] in fold]
+    assert retired_left and {r["file"] for r in retired_left} <= set(exempt)
+    for relpath in exempt:
+        assert tree_digests(root)[relpath][0] == before[relpath][0]
+    assert {r["reason"] for r in plan.left_alone()} == {"exempt", "not in mapping"}
+    again = plan_references(root, mode="rewrite", mapping={name: "zoe.db" for name in fold}, names=names,
+                            exempt=exempt)
+    assert not again.changed
+
+
+# --- the module through ansible (bare /usr/bin/python3 on the host side) ----------------------------
+
+def run_module(name, args, *flags):
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+               PATH=os.path.join(REPO, ".venv", "bin") + os.pathsep + os.environ.get("PATH", ""))
+    result = subprocess.run([os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", name,
+                             "-a", json.dumps(args), "-e", "ansible_python_interpreter=/usr/bin/python3"] + list(flags),
+                            capture_output=True, text=True, cwd=REPO, env=env)
+    return json.loads(result.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+@pytest.mark.slow
+def test_module_quartet(small_tree):
+    args = {"root": small_tree, "mode": "rewrite", "mapping": MAPPING, "exempt": ["scripts/migration/*.py"]}
+    before = tree_digests(small_tree)
+
+    check = run_module("db_references", args, "--check", "--diff")
+    assert check["changed"] is True and check["files_changed"] == [".env", "docs/DATABASES.md", "services/auth/db.py"]
+    assert tree_digests(small_tree) == before and len(check["diff"]) == 3
+    assert "8f14e45fceea167a5a36dedd4bea2543" not in json.dumps(check)
+
+    real = run_module("db_references", args)
+    assert real["changed"] is True and real["total"] == 7 and real["changes"]["services/auth/db.py"] == 3
+    assert os.stat(os.path.join(small_tree, "services/auth/db.py")).st_mode & 0o777 == 0o640
+    assert real["left_alone"][0]["reason"] == "exempt"
+
+    assert run_module("db_references", args, "--check")["changed"] is False
+    final = run_module("db_references", args)
+    assert final["changed"] is False and final["total"] == 1  # only the exempt migration script
+
+
+@pytest.mark.slow
+def test_module_audit_on_missing_root_fails_cleanly():
+    result = run_module("db_references", {"root": "/nonexistent/zoe", "names": ["auth.db"]})
+    assert result.get("failed") is True and result["error"] == "RootError" and "O(root)" in result["msg"]
