@@ -82,8 +82,8 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-action:
-  description: What was (or in check mode would be) done.
+operation:
+  description: What was (or in check mode would be) done (named so because C(action) is reserved in results).
   returned: always
   type: str
   sample: create

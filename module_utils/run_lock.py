@@ -202,7 +202,7 @@ class LockPlan:
         if self.action == "replace":
             recovered = {"reason": self.stale_reason, "lock": self.stale_doc,
                          "content": None if self.stale_doc else (self.expected or b"").decode("utf-8", "replace")}
-        return {"changed": self.changed, "action": self.action, "path": self.path, "lock": lock,
+        return {"changed": self.changed, "operation": self.action, "path": self.path, "lock": lock,
                 "stale_lock_recovered": recovered, "msg": self.message()}
 
     def message(self):
