@@ -415,3 +415,98 @@ def test_module_fails_cleanly_on_invalid_yaml(tmp_path):
     result = run_module("compose_env", {"path": str(path), "rewrite": {"auth.db": "zoe.db"}})
     assert result.get("failed") is True and "tab" in result["msg"] and result["error"] == "ParseError"
     assert path.read_text() == "services:\n  a:\n\timage: auth.db\n"
+
+
+# --- the demo host's compose file and .env ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_host(tmp_path_factory):
+    from zoe_demo import FOLD_DATABASES, build_demo_host
+    root = str(tmp_path_factory.mktemp("demo") / "zoe")
+    build_demo_host(root, seed=1)
+    return root, {os.path.basename(name): "zoe.db" for name in FOLD_DATABASES}
+
+
+def live_references(text, names, env=False):
+    """Lines that still name one of `names` outside a comment (quoted text may hold a `#`)."""
+    pattern = name_pattern(names)
+    return [line for line in text.splitlines() if not line.lstrip().startswith("#") and
+            pattern.search(line.split(" #")[0] if env or "'" not in line and '"' not in line else line)]
+
+
+def test_demo_host_rewrite(demo_host):
+    root, mapping = demo_host
+    path = os.path.join(root, "docker-compose.yml")
+    plan = plan_compose_env(path, rewrite=mapping, follow_env_files=True)
+    compose, env = plan.files[0], plan.files[1]
+    assert env.path == os.path.join(root, ".env")
+    # the data meaning is exactly the replacement, and every line that differs held a retired name
+    assert yaml.safe_load(compose.after) == replace_strings(yaml.safe_load(compose.before), mapping)
+    before_lines, after_lines = compose.before.split("\n"), compose.after.split("\n")
+    assert len(before_lines) == len(after_lines)
+    pattern = name_pattern(mapping)
+    for old, new in zip(before_lines, after_lines):
+        if old != new:
+            assert pattern.search(old) and not old.lstrip().startswith("#")
+            assert pattern.sub(lambda m: mapping[m.group(0)], old.split(" #")[0]) == new.split(" #")[0]
+    assert not live_references(compose.after, mapping)
+    assert not live_references(env.after, mapping, env=True)
+    assert validate_plan(plan, "always")
+
+
+def test_demo_host_second_run_and_check_mode_digest(demo_host, tmp_path):
+    root, mapping = demo_host
+    for name in ("docker-compose.yml", ".env"):
+        shutil.copy(os.path.join(root, name), str(tmp_path / name))
+    path = str(tmp_path / "docker-compose.yml")
+    first = digest(path)
+    plan = plan_compose_env(path, rewrite=mapping, follow_env_files=True)
+    assert plan.changed and digest(path) == first  # planning (what check mode runs) writes nothing
+    for item in plan.files:
+        with open(item.path, "w") as handle:
+            handle.write(item.after)
+    assert not plan_compose_env(path, rewrite=mapping, follow_env_files=True).changed
+
+
+# --- property: any environment value survives a rewrite with its data meaning -----------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_PIECES = st.lists(st.sampled_from(["auth.db", "/app/data/auth.db", "oauth.db", "auth.db.bak", "x", " ", "-", ":"]),
+                   min_size=1, max_size=5).map("".join)
+
+
+def _quote(value, style):
+    if style == "double":
+        return '"%s"' % value.replace("\\", "\\\\").replace('"', '\\"')
+    if style == "single":
+        return "'%s'" % value.replace("'", "''")
+    return value
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.tuples(_PIECES, st.sampled_from(["plain", "single", "double"]),
+                                 st.sampled_from(["list", "map"])), min_size=1, max_size=6))
+def test_property_rewrite_keeps_data_meaning(tmp_path_factory, values):
+    lines = ["services:", "  s:", "    image: x"]
+    list_items = [(v, style) for v, style, form in values if form == "list"]
+    map_items = [(v, style) for v, style, form in values if form == "map"]
+    if list_items:
+        lines += ["    environment:"] + ["      - %s" % _quote("K%d=%s" % (i, v), s if s != "plain" or
+                                                     plain_ok("K%d=%s" % (i, v)) else "double")
+                                         for i, (v, s) in enumerate(list_items)]
+    if map_items:
+        lines += ["  t:", "    environment:"] + ["      K%d: %s" % (i, _quote(v, s if s != "plain" or plain_ok(v) else "single"))
+                                                  for i, (v, s) in enumerate(map_items)]
+    text = "\n".join(lines) + "\n"
+    path = tmp_path_factory.mktemp("prop") / "docker-compose.yml"
+    path.write_text(text)
+    plan = plan_compose_env(str(path), rewrite={"auth.db": "zoe.db"})
+    assert yaml.safe_load(plan.files[0].after) == replace_strings(yaml.safe_load(text), {"auth.db": "zoe.db"})
+    path.write_text(plan.files[0].after)
+    assert not plan_compose_env(str(path), rewrite={"auth.db": "zoe.db"}).changed
+
+
+def plain_ok(value):
+    from ansible.module_utils.compose_env import plain_safe
+    return plain_safe(value) and isinstance(yaml.safe_load("k: %s" % value)["k"], str)
