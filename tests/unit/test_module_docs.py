@@ -8,11 +8,13 @@ import glob
 import importlib.util
 import os
 import subprocess
+import sys
 
 import pytest
 import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ANSIBLE_DOC = os.path.join(os.path.dirname(sys.executable), "ansible-doc")
 MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "library", "*.py")))
 
 
@@ -59,7 +61,7 @@ def test_there_are_modules():
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)
 def test_ansible_doc_renders(name):
-    result = subprocess.run(["ansible-doc", "-M", os.path.join(REPO, "library"), "-t", "module", name],
+    result = subprocess.run([ANSIBLE_DOC, "-M", os.path.join(REPO, "library"), "-t", "module", name],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "EXAMPLES" in result.stdout and "RETURN VALUES" in result.stdout
