@@ -13,7 +13,7 @@ description:
     and returns the command to use as a list.
   - Lists every container with C(docker ps -a) and C(docker inspect) and tells which ones bind-mount
     O(data_dir) (or a path inside it), which of those are running services of the compose project
-    (RV(writers)), and which are running writers that compose cannot stop (RV(strays)): containers started
+    (RV(writers)), and which are running writers that compose cannot stop (RV(strays)) - containers started
     by hand, one-off C(compose run) containers, containers of other projects or of services no longer in
     the compose files.
   - An unreachable Docker engine is reported (RV(docker_reachable)=false with RV(docker_error)), not a failure.
