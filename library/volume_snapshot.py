@@ -279,11 +279,13 @@ protected:
   sample: []
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.volume_snapshot import (
     LockedError, ManifestError, NoSpaceError, SnapshotError, SnapshotNotFoundError, SourceChangedError,
     SourceError, VerifyError, VolumeError, apply_prune, apply_restore, apply_snapshot, plan_prune, plan_restore,
-    plan_snapshot, plan_verify, resolve_roots)
+    plan_snapshot, plan_verify, resolve_volume)
 
 FAILURES = (
     (NoSpaceError, "not enough free space"),
@@ -311,7 +313,9 @@ def run(module):
         apply = lambda: apply_snapshot(plan, fsync=p["fsync"], verify=p["verify"])  # noqa: E731
     elif state == "restored":
         if p["paths"] or p["volumes"]:
-            allowed = [root["path"] for root in resolve_roots(p["paths"], p["volumes"], p["docker_cli"])]
+            # The paths may be gone (that is why we restore): normalise, do not require them to exist.
+            allowed = [os.path.normpath(path) for path in p["paths"]]
+            allowed += [os.path.normpath(resolve_volume(name, p["docker_cli"])) for name in p["volumes"]]
         plan = plan_restore(p["backup_root"], p["snapshot"] or "latest", allowed, p["checksum"], p["docker_cli"])
         apply = lambda: apply_restore(plan, fsync=p["fsync"], verify=p["verify"])  # noqa: E731
     elif state == "verified":

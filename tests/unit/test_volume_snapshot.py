@@ -328,6 +328,15 @@ def test_same_size_same_mtime_edit(data_tree, tmp_path, checksum):
     assert plan_restore(str(tmp_path / "bk"), "latest", checksum=checksum).changed is checksum
 
 
+def test_restore_recreates_a_deleted_data_dir_through_ansible(data_tree, tmp_path):
+    expected = tree_digest(str(data_tree))
+    take(tmp_path / "bk", [data_tree])
+    shutil.rmtree(str(data_tree))
+    result = run_module({"state": "restored", "backup_root": str(tmp_path / "bk"), "paths": [str(data_tree)]})
+    assert result["changed"] and result["files_restored"] == 8, result
+    assert tree_digest(str(data_tree)) == expected
+
+
 def test_check_mode_restore_writes_nothing(data_tree, tmp_path):
     take(tmp_path / "bk", [data_tree])
     damage(str(data_tree))
