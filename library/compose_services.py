@@ -68,7 +68,8 @@ EXAMPLES = r"""
 
 - name: Stop the writers
   ansible.builtin.command:
-    argv: "{{ preflight_compose.compose_command + ['-p', preflight_compose.project, 'stop'] + preflight_compose.writers }}"
+    argv: "{{ preflight_compose.compose_command + ['-p', preflight_compose.project, 'stop']
+              + preflight_compose.writers }}"
     chdir: "{{ zoe_root }}"
   changed_when: true
 """

@@ -24,7 +24,7 @@ ALL_SERVICES = WRITERS + ["zoe-ui"]
 V1_VERSION = ("docker-compose version 1.29.2, build unknown\ndocker-py version: 5.0.3\n"
               "CPython version: 3.11.2\nOpenSSL version: OpenSSL 3.0.11 19 Sep 2023\n")
 V2_VERSION = "Docker Compose version v2.29.7\n"
-V2_MISSING = "docker: 'compose' is not a docker command.\nSee 'docker --help'\n"
+V2_MISSING = "docker: unknown command: docker compose\n\nRun 'docker --help' for more information\n"
 
 
 # ----------------------------------------------------------------------------------- pure functions

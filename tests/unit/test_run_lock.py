@@ -1,4 +1,4 @@
-"""run_lock: one run at a time; a killed run's lock, a reused pid or an old lock is recovered; check mode writes nothing."""
+"""run_lock: one run at a time; a killed run's, reused pid's or old lock is recovered; check mode writes nothing."""
 
 import json
 import multiprocessing
@@ -195,10 +195,10 @@ def test_create_race_is_detected(lock_path):
     assert read_lock(lock_path)[1]["run_id"] == "run-1"
 
 
-def _contender(path, run_id, barrier, results):
+def _contender(path, run_id, owner, barrier, results):
     barrier.wait()
     try:
-        take(path, run_id, owner_of(os.getpid()))
+        take(path, run_id, owner)
         results.put(run_id)
     except (LockHeldError, LockRaceError):
         results.put(None)
@@ -209,7 +209,10 @@ def test_only_one_of_many_contenders_recovers_a_stale_lock(lock_path, dead_pid):
     take(lock_path, "run-killed", {"controller": HOST, "pid": pid, "pid_start": start})
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(8), ctx.Queue()
-    procs = [ctx.Process(target=_contender, args=(lock_path, "run-%d" % i, barrier, results)) for i in range(8)]
+    # Every contender names the (live) test process as its owner: a winner that exits would leave a stale lock.
+    owner = owner_of(os.getpid())
+    procs = [ctx.Process(target=_contender, args=(lock_path, "run-%d" % i, owner, barrier, results))
+             for i in range(8)]
     for p in procs:
         p.start()
     winners = [results.get(timeout=30) for _ in procs]
