@@ -66,6 +66,11 @@ options:
     description: Run C(PRAGMA integrity_check) on every database.
     type: bool
     default: true
+  foreign_keys:
+    description:
+      - Run C(PRAGMA foreign_key_check) on every database and report violations in RV(foreign_key_failures).
+    type: bool
+    default: false
   counts:
     description: Count the rows of every table.
     type: bool
@@ -182,6 +187,17 @@ integrity_failures:
   sample:
     - relpath: data/learning.db
       errors: ["*** in database main ***\nPage 5: btreeInitPage() returns error code 11"]
+foreign_key_failures:
+  description:
+    - Databases with rows whose foreign keys point at missing parents (only with O(foreign_keys=true)),
+      with the count and up to 20 violations as (table, rowid, parent, foreign key index).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - relpath: data/zoe.db
+      violations: 2
+      sample: [[sessions, 7, users, 0]]
 not_databases:
   description: Relative paths of the files of O(data_dir) named C(*.db) that are not SQLite databases.
   returned: always
@@ -214,6 +230,7 @@ def main():
         exclude=dict(type="list", elements="str", default=[]),
         integrity=dict(type="bool", default=True),
         counts=dict(type="bool", default=True),
+        foreign_keys=dict(type="bool", default=False),
         backup_root=dict(type="path"),
         ledger_table=dict(type="str", default=DEFAULT_LEDGER_TABLE),
         primary=dict(type="str", default=DEFAULT_PRIMARY),
@@ -223,6 +240,7 @@ def main():
     try:
         opts = AuditOptions(p["root"], p["data_dir"], keep=p["keep"], fold=p["fold"], exclude=p["exclude"],
                             integrity=p["integrity"], counts=p["counts"], backup_root=p["backup_root"],
+                            foreign_keys=p["foreign_keys"],
                             ledger_table=p["ledger_table"], primary=p["primary"])
         result = audit_host(opts)
     except AuditError as exc:

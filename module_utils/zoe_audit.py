@@ -22,7 +22,7 @@ import shutil
 import sqlite3
 import tempfile
 
-from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, integrity_errors, is_sqlite_file,
+from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, foreign_key_errors, integrity_errors, is_sqlite_file,
                                              quote_identifier, table_names)
 
 DEFAULT_LEDGER_TABLE = "_zoe_merge_ledger"
@@ -48,7 +48,7 @@ class AuditOptions:
     """The audit's inputs, normalised: absolute real paths and sets of names."""
 
     def __init__(self, root, data_dir, keep=(), fold=(), exclude=(), integrity=True, counts=True, backup_root=None,
-                 ledger_table=DEFAULT_LEDGER_TABLE, primary=DEFAULT_PRIMARY):
+                 foreign_keys=False, ledger_table=DEFAULT_LEDGER_TABLE, primary=DEFAULT_PRIMARY):
         if not root or not os.path.isdir(root):
             raise RootMissingError("root %s does not exist or is not a directory" % root)
         if not data_dir or not os.path.isdir(data_dir):
@@ -59,6 +59,7 @@ class AuditOptions:
         self.fold = set(fold or ())
         self.integrity = integrity
         self.counts = counts
+        self.foreign_keys = foreign_keys
         self.backup_root = os.path.abspath(backup_root) if backup_root else None
         self.ledger_table = ledger_table or DEFAULT_LEDGER_TABLE
         self.primary = primary or DEFAULT_PRIMARY
@@ -164,12 +165,18 @@ def read_ledger(conn, table):
 def _inspect_copy(copy, opts, want_ledger):
     """journal_mode, integrity, tables and (for the primary) ledger rows of a private copy."""
     info = {"journal_mode": None, "integrity": None, "tables": {}, "ledger": []}
+    if opts.foreign_keys:
+        info["foreign_keys"] = None
     conn = sqlite3.connect(copy)
     try:
         info["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if opts.integrity:
             errors = integrity_errors(conn)
             info["integrity"] = errors or "ok"
+        if opts.foreign_keys:
+            violations = foreign_key_errors(conn)
+            info["foreign_keys"] = [list(v) for v in violations[:20]] if violations else "ok"
+            info["foreign_key_violations"] = len(violations)
         if opts.counts:
             info["tables"] = {name: conn.execute("SELECT count(*) FROM %s" % quote_identifier(name)).fetchone()[0]
                               for name in table_names(conn)}
@@ -243,6 +250,8 @@ def audit_host(opts):
     in_data = {d["name"] for d in databases if os.path.dirname(d["path"]) == opts.data_dir}
     failures = [{"relpath": d["relpath"], "errors": d["integrity"]}
                 for d in databases if isinstance(d["integrity"], list)]
+    fk_failures = [{"relpath": d["relpath"], "violations": d["foreign_key_violations"], "sample": d["foreign_keys"]}
+                   for d in databases if d.get("foreign_key_violations")]
     result = {
         "root": opts.root,
         "data_dir": opts.data_dir,
@@ -257,6 +266,7 @@ def audit_host(opts):
         "free_bytes": None,
         "free_path": None,
         "integrity_failures": failures,
+        "foreign_key_failures": fk_failures,
         "not_databases": [os.path.relpath(p, opts.root) for p in not_databases],
     }
     if opts.backup_root:

@@ -45,6 +45,14 @@ def zoe_rewrite_map(databases, primary, prefix=""):
     return {prefix + name: prefix + primary for name in databases or [] if name != primary}
 
 
+def zoe_compose_argv(command, project, project_dir, files):
+    """The compose command line of a project: `<command> -p P --project-directory D -f F1 -f F2 ...`."""
+    argv = list(command) + ["-p", project, "--project-directory", project_dir]
+    for path in files or []:
+        argv += ["-f", path]
+    return argv
+
+
 def zoe_pick(items, keys):
     """Each mapping of `items` reduced to `keys` (missing keys left out): results small enough for a report."""
     return [{key: item[key] for key in keys if key in item} for item in items or []]
@@ -53,4 +61,5 @@ def zoe_pick(items, keys):
 class FilterModule:
     def filters(self):
         return {"zoe_stop_order": zoe_stop_order, "zoe_start_order": zoe_start_order,
-                "zoe_rewrite_map": zoe_rewrite_map, "zoe_pick": zoe_pick}
+                "zoe_rewrite_map": zoe_rewrite_map, "zoe_pick": zoe_pick,
+                "zoe_compose_argv": zoe_compose_argv}

@@ -44,7 +44,11 @@ def free_port_base(count=5):
 
 
 def tree_digest(root, exclude=()):
-    """sha256 over every path, type, mode and content under root (symlinks by target)."""
+    """sha256 over every path, type, mode and content under root (symlinks by target).
+
+    A -shm file counts by its presence only: it is SQLite's wal-index, shared memory that every reader of
+    a WAL database rewrites (the services, the live snapshot) and that SQLite rebuilds from the -wal.
+    """
     digest = hashlib.sha256()
     for dirpath, dirnames, files in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if os.path.join(dirpath, d) not in exclude)
@@ -54,6 +58,8 @@ def tree_digest(root, exclude=()):
             digest.update(("%s\0%o\0" % (os.path.relpath(path, root), st.st_mode)).encode())
             if os.path.islink(path):
                 digest.update(os.readlink(path).encode())
+            elif name.endswith("-shm"):
+                continue
             else:
                 with open(path, "rb") as handle:
                     for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -271,3 +271,24 @@ def test_module_fails_with_one_sentence(tmp_path):
     rc, result = run_module({"root": str(tmp_path / "nope"), "data_dir": str(tmp_path)})
     assert rc != 0 and result["failed"]
     assert result["msg"] == "root %s does not exist or is not a directory" % (tmp_path / "nope")
+
+
+def test_foreign_key_violations_are_reported_when_asked(tmp_path):
+    """A child row pointing at a missing parent is a failure with foreign_keys=true, silent without."""
+    import sqlite3
+
+    from ansible.module_utils.zoe_audit import AuditOptions, audit_host
+
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(str(data / "zoe.db"))
+    conn.executescript("CREATE TABLE users (id INTEGER PRIMARY KEY);"
+                       "CREATE TABLE sessions (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id));"
+                       "INSERT INTO users VALUES (1); INSERT INTO sessions VALUES (1, 1), (2, 99);")
+    conn.commit()
+    conn.close()
+    checked = audit_host(AuditOptions(str(tmp_path), str(data), keep=["zoe.db"], foreign_keys=True))
+    assert checked["foreign_key_failures"] == [
+        {"relpath": "data/zoe.db", "violations": 1, "sample": [["sessions", 2, "users", 0]]}]
+    unchecked = audit_host(AuditOptions(str(tmp_path), str(data), keep=["zoe.db"]))
+    assert unchecked["foreign_key_failures"] == []
