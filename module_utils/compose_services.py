@@ -221,8 +221,13 @@ def classify(entries, project, services):
 
 # ---------------------------------------------------------------------------------------------- probe
 
-def probe(project_dir, data_dir, project=None, compose_files=None, runner=run):
-    """The whole read-only probe as the module's result dict."""
+def probe(project_dir, data_dir, project=None, compose_files=None, runner=run, quick=False):
+    """The whole read-only probe as the module's result dict.
+
+    `quick` skips what costs a compose start-up (detecting the tool, listing the services of the files):
+    for polling loops that only need the containers' state. Without the list of services, a container
+    of this project whose service left the compose files counts as a service, not a stray.
+    """
     if not project_dir or not os.path.isdir(project_dir):
         raise ProjectDirMissingError("project_dir %s does not exist or is not a directory" % project_dir)
     if not data_dir or not os.path.isdir(data_dir):
@@ -230,7 +235,7 @@ def probe(project_dir, data_dir, project=None, compose_files=None, runner=run):
     project_dir = os.path.abspath(project_dir)
     data_dir_real = os.path.realpath(data_dir)
     name = project_name(project_dir, project)
-    command, version = detect_compose(runner)
+    command, version = (None, None) if quick else detect_compose(runner)
     reachable, error = docker_reachable(runner)
     result = {"project": name, "project_dir": project_dir, "data_dir": data_dir_real,
               "compose_command": command, "compose_version": version,
@@ -239,7 +244,8 @@ def probe(project_dir, data_dir, project=None, compose_files=None, runner=run):
               "writers": [], "running_services": [], "strays": []}
     if not reachable:
         return result
-    services, services_error = compose_config_services(command, project_dir, name, compose_files, runner)
+    services, services_error = (None, None) if quick else compose_config_services(
+        command, project_dir, name, compose_files, runner)
     result["services"], result["services_error"] = services, services_error
     entries = sorted((container_entry(d, data_dir_real, name) for d in inspect_all(runner)),
                      key=lambda e: (e["project"] or "", e["service"] or "", e["name"]))

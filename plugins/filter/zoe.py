@@ -53,6 +53,25 @@ def zoe_compose_argv(command, project, project_dir, files):
     return argv
 
 
+def zoe_not_ready(containers, services):
+    """The services among `services` that have no running, healthy container of this compose project.
+
+    `containers` is compose_services' list; containers of other projects (compose_managed false) never
+    count, and a container without a healthcheck counts once it runs.
+    """
+    ready = {c.get("service") for c in containers or []
+             if c.get("compose_managed") and c.get("running") and c.get("health") in ("healthy", "none", None)}
+    return [name for name in services or [] if name not in ready]
+
+
+def zoe_find_names(names):
+    """`find` arguments matching any of `names`: ( -name a -o -name b ... )."""
+    args = []
+    for name in names or []:
+        args += (["-o"] if args else []) + ["-name", name]
+    return ["("] + args + [")"]
+
+
 def zoe_pick(items, keys):
     """Each mapping of `items` reduced to `keys` (missing keys left out): results small enough for a report."""
     return [{key: item[key] for key in keys if key in item} for item in items or []]
@@ -62,4 +81,6 @@ class FilterModule:
     def filters(self):
         return {"zoe_stop_order": zoe_stop_order, "zoe_start_order": zoe_start_order,
                 "zoe_rewrite_map": zoe_rewrite_map, "zoe_pick": zoe_pick,
-                "zoe_compose_argv": zoe_compose_argv}
+                "zoe_compose_argv": zoe_compose_argv,
+                "zoe_not_ready": zoe_not_ready,
+                "zoe_find_names": zoe_find_names}

@@ -261,3 +261,24 @@ def test_module_unreachable_engine_and_bad_path(tmp_path):
     assert rc == 0 and result["docker_reachable"] is False and result["docker_error"]
     rc, result = run_module({"project_dir": str(tmp_path / "nope"), "data_dir": str(tmp_path)})
     assert rc != 0 and result["msg"] == "project_dir %s does not exist or is not a directory" % (tmp_path / "nope")
+
+
+def test_quick_probe_skips_compose_but_sees_the_same_containers(tmp_path):
+    """quick=True answers without a compose start-up and with the same container states."""
+    from ansible.module_utils.compose_services import probe
+
+    calls = []
+
+    def runner(cmd, cwd=None, timeout=None):
+        calls.append(cmd)
+        if cmd[:2] == ["docker", "info"]:
+            return 0, "{}", ""
+        if cmd[:3] == ["docker", "ps", "-aq"] or cmd[:2] == ["docker", "ps"]:
+            return 0, "", ""
+        return 1, "", "unexpected"
+
+    data = tmp_path / "data"
+    data.mkdir()
+    result = probe(str(tmp_path), str(data), project="p", runner=runner, quick=True)
+    assert result["compose_command"] is None and result["services"] is None
+    assert not [c for c in calls if "compose" in " ".join(c) or c[0] == "docker-compose"]

@@ -56,9 +56,9 @@ services:
       - "127.0.0.1:${{ZOE_CORE_PORT:-18080}}:8000"
     healthcheck:
       test: ["CMD", "curl", "-fsS", "http://localhost:8000/health"]
-      interval: 2s
+      interval: 1s
       timeout: 2s
-      retries: 15
+      retries: 30
 
   # Authentication: logins and sessions
   zoe-auth:
@@ -73,9 +73,9 @@ services:
       - "127.0.0.1:${{ZOE_AUTH_PORT:-18081}}:8000"
     healthcheck:
       test: ["CMD-SHELL", "curl -fsS http://localhost:8000/health && sqlite3 /app/data/auth.db 'SELECT 1' >/dev/null"]
-      interval: 2s
+      interval: 1s
       timeout: 2s
-      retries: 15
+      retries: 30
     depends_on:
       - zoe-core
 
