@@ -6,7 +6,8 @@
 RECORD is the demo host's record (<zoe_root>.record.json, written by tools/demo_host.py create): it names
 the tree, the compose project, the published ports and the demo passwords. The probe reports
 
-- tree:       {relative path: "<sha256>:<mode>"} of every file and symlink under zoe_root, and its digest;
+- tree:       {relative path: "<sha256>:<mode>"} of every file and symlink under zoe_root (a -shm wal-index
+              by its presence and mode only), and its digest;
 - backups:    the same for <zoe_root>-backups (absent: null);
 - data_files: the names in data/, and which of them are SQLite databases;
 - row_counts: {database: {table: rows}} of the SQLite files in data/, read from private copies;
@@ -34,10 +35,17 @@ from zoe_sqlite import is_sqlite_file, row_counts  # noqa: E402  (stdlib-only he
 
 
 def file_digest(path):
-    """'<sha256>:<mode>' of a regular file, '-> <target>' of a symlink."""
+    """'<sha256>:<mode>' of a regular file, '-> <target>' of a symlink, 'wal-index:<mode>' of a -shm file.
+
+    A -shm file counts by its presence and mode only, as in tests/integration/zoe_host.py: it is SQLite's
+    wal-index, shared memory that every reader of a WAL database rewrites (the services, the play's live
+    snapshot through the backup API) and that SQLite rebuilds from the -wal; its bytes are not data.
+    """
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
         return "-> %s" % os.readlink(path)
+    if path.endswith("-shm"):
+        return "wal-index:%o" % stat.S_IMODE(info.st_mode)
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
