@@ -10,17 +10,19 @@ fresh copy of the target (peak RSS per process from wait4), timing the merge onl
 """
 
 import argparse
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import statistics
 import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import conftest  # noqa: E402,F401  (module_utils on ansible.module_utils.__path__)
-from ansible.module_utils.sqlite_merge import merge_databases  # noqa: E402
+from ansible.module_utils.sqlite_merge import apply_merge, plan_merge  # noqa: E402
 
 SOURCES = 13
 COLLIDE = 0.03
@@ -113,8 +115,11 @@ def sqlite_utils_way(target, sources):
 
 
 def module(target, sources):
-    result = merge_databases(target, sources, workdir=os.path.dirname(target))
-    t = result["totals"]
+    with plan_merge(target, sources, workdir=os.path.dirname(target)) as plan:
+        apply_merge(plan)
+        t = plan.totals()
+        with open(target + ".phases", "w") as handle:
+            json.dump(plan.timings, handle)
     print("module accounting: %d rows = %d inserted + %d identical + %d conflicts, %d remapped"
           % (t["source_rows"], t["inserted"], t["identical"], t["conflicts"], t["remapped"]), file=sys.stderr)
 
@@ -123,7 +128,7 @@ APPROACHES = {"floor": floor, "module": module, "row_by_row": row_by_row, "sqlit
 
 
 def run_one(name, workdir, target, sources):
-    """Run one approach in a child process on a fresh target copy; return (seconds, peak RSS MiB)."""
+    """Run one approach in a child process on a fresh target copy; return (seconds, peak RSS MiB, phases)."""
     copy = os.path.join(workdir, "run-%s.db" % name)
     shutil.copyfile(target, copy)
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, copy] + sources)
@@ -131,9 +136,15 @@ def run_one(name, workdir, target, sources):
     if status != 0:
         raise SystemExit("%s failed" % name)
     seconds = float(open(copy + ".time").read())
-    for suffix in ("", ".time"):
-        os.remove(copy + suffix)
-    return seconds, usage.ru_maxrss / 1024.0
+    phases = json.load(open(copy + ".phases")) if os.path.exists(copy + ".phases") else {}
+    for suffix in ("", ".time", ".phases"):
+        if os.path.exists(copy + suffix):
+            os.remove(copy + suffix)
+    return seconds, usage.ru_maxrss / 1024.0, phases
+
+
+def load_average():
+    return "%.1f %.1f %.1f" % os.getloadavg()
 
 
 def main():
@@ -141,6 +152,8 @@ def main():
     parser.add_argument("--rows", type=int, default=1000000)
     parser.add_argument("--workdir", default="/tmp/bench_sqlite_merge")
     parser.add_argument("--only", nargs="*", default=list(APPROACHES))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per approach (interleaved); medians reported")
+    parser.add_argument("--reuse", action="store_true", help="reuse the data of a previous run with the same --rows")
     parser.add_argument("--child", nargs="+")
     args, rest = parser.parse_known_args()
     if args.child:
@@ -150,17 +163,37 @@ def main():
         open(target + ".time", "w").write(str(time.perf_counter() - start))
         return
     start = time.perf_counter()
-    target, sources = generate(args.workdir, args.rows)
+    stamp = os.path.join(args.workdir, "rows")
+    if args.reuse and os.path.exists(stamp) and open(stamp).read() == str(args.rows):
+        target = os.path.join(args.workdir, "target.db")
+        sources = [os.path.join(args.workdir, "src%02d.db" % n) for n in range(1, SOURCES + 1)]
+    else:
+        target, sources = generate(args.workdir, args.rows)
+        open(stamp, "w").write(str(args.rows))
     rows = sum(sqlite3.connect(p).execute("SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM notes)")
                .fetchone()[0] for p in sources)
     print("generated %d source rows in %d sources (+ target) in %.1f s" % (rows, len(sources),
                                                                            time.perf_counter() - start))
-    results = {name: run_one(name, args.workdir, target, sources) for name in args.only}
-    base = results.get("floor", (None,))[0]
-    print("| approach | seconds | x floor | peak RSS MiB |")
-    print("|---|---:|---:|---:|")
-    for name, (secs, rss) in results.items():
-        print("| %s | %.1f | %s | %.0f |" % (name, secs, "%.2f" % (secs / base) if base else "-", rss))
+    runs = {name: [] for name in args.only}
+    for rep in range(args.repeat):
+        for name in args.only:
+            runs[name].append(run_one(name, args.workdir, target, sources))
+            print("run %d %s: %.2f s (load %s)" % (rep + 1, name, runs[name][-1][0], load_average()), flush=True)
+    median = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    base = median.get("floor")
+    print("| approach | median s | runs s | x floor (median) | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in runs.items():
+        print("| %s | %.1f | %s | %s | %.0f |" % (
+            name, median[name], " / ".join("%.1f" % r[0] for r in rs),
+            "%.2f" % (median[name] / base) if base else "-", max(r[1] for r in rs)))
+    phases = [r[2] for r in runs.get("module", []) if r[2]]
+    if phases:
+        print("\nmodule phases (median of %d runs):\n\n| phase | seconds |\n|---|---:|" % len(phases))
+        names = sorted(set().union(*phases), key=lambda p: -statistics.median(ph.get(p, 0.0) for ph in phases))
+        for phase in names:
+            print("| %s | %.2f |" % (phase, statistics.median(ph.get(phase, 0.0) for ph in phases)))
+        print("| (sum of phases) | %.2f |" % statistics.median(sum(ph.values()) for ph in phases))
 
 
 if __name__ == "__main__":

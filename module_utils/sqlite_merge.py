@@ -25,6 +25,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
 
 from ansible.module_utils.zoe_secrets import DEFAULT_SECRET_NAMES, mask_row, mask_value
 from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, foreign_key_errors, integrity_errors,
@@ -423,18 +424,22 @@ def _check_integrity(path, conn):
 class _Engine:
     """Merges sources, one at a time, into the connection's main database (a private copy of the target)."""
 
-    def __init__(self, conn, opts, now):
+    def __init__(self, conn, opts, now, timings):
         self.conn = conn
+        self.timings = timings
         self.opts = opts
         self.now = now
         self.maps = {}       # (source basename, source table) -> temp map table name
         self.counter = 0
+        self.phase = "merge: other"  # the timings bucket sql() adds to
 
     def sql(self, text, params=()):
-        return self.conn.execute(text, params)
+        with self.timings.span(self.phase):
+            return self.conn.execute(text, params)
 
     def one(self, text, params=()):
-        return self.conn.execute(text, params).fetchone()[0]
+        with self.timings.span(self.phase):
+            return self.conn.execute(text, params).fetchone()[0]
 
     def _name(self, kind):
         self.counter += 1
@@ -458,12 +463,14 @@ class _Engine:
         self.sql("ATTACH DATABASE ? AS src", (copy_path,))
         # On error the whole work copy is discarded: no cleanup here that could mask the error.
         self.sql("BEGIN")
-        shapes = self._source_shapes(source_path)
-        decisions = [self._decide(source_path, shapes[name]) for name in self._order(source_path, shapes)]
+        with self.timings.span("merge: schema"):
+            shapes = self._source_shapes(source_path)
+            decisions = [self._decide(source_path, shapes[name]) for name in self._order(source_path, shapes)]
         tables = [self._merge_rows(source_path, d, shapes) for d in decisions]
-        for d in decisions:
-            if d["action"] == "create":
-                self._copy_indexes_and_triggers(d)
+        with self.timings.span("merge: schema"):
+            for d in decisions:
+                if d["action"] == "create":
+                    self._copy_indexes_and_triggers(d)
         totals = {k: sum(t[k] for t in tables) for k in ("source_rows", "inserted", "identical", "conflicts")}
         account = {"path": source_path, "digest": digest, "status": "merged", "tables": tables}
         account.update(totals)
@@ -471,7 +478,8 @@ class _Engine:
                  "conflicts, accounting) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % q(self.opts.ledger_table),
                  (source_path, digest, self.now, totals["source_rows"], totals["inserted"], totals["identical"],
                   totals["conflicts"], json.dumps(tables, sort_keys=True)))
-        self.sql("COMMIT")
+        with self.timings.span("merge: commit"):
+            self.sql("COMMIT")
         self.sql("DETACH DATABASE src")
         return account
 
@@ -612,6 +620,7 @@ class _Engine:
         target = d["target_table"]
         tshape = Shape(self.conn, "main", target)
         S, T = "src.%s" % q(shape.name), "main.%s" % q(target)
+        self.phase = "merge: count"
         counts = dict(d, source_rows=self.one("SELECT count(*) FROM %s" % S), inserted=0, identical=0, conflicts=0,
                       conflicts_source_won=0, remapped=0, repointed=0, mode="copy",
                       target_rows_before=self.one("SELECT count(*) FROM %s" % T))
@@ -620,6 +629,7 @@ class _Engine:
         expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
         made = []
         if d["action"] == "create":
+            self.phase = "merge: insert new"
             self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY s.rowid" % (
                 T, ", ".join(q(tcol[c]) for c in cols), ", ".join(expr[c] for c in cols), S))
             counts["inserted"] = self.one("SELECT changes()")
@@ -639,6 +649,7 @@ class _Engine:
                  % q(match))
         M = "temp.%s" % q(match)
         try:
+            self.phase = "merge: match"
             if mode == "key":
                 self._match_by_key(source_path, shape, tshape, key, S, T, M, cmp_sql, made)
             else:
@@ -648,6 +659,7 @@ class _Engine:
                 self._match_by_content(shape, tshape, compare, tcol, S, T, M, cmp_sql, made)
             counts["identical"] = self.one("SELECT count(*) FROM %s WHERE same = 1" % M)
             counts["conflicts"] = self.one("SELECT count(*) FROM %s WHERE same = 0" % M)
+            self.phase = "merge: id map"
             if rid:
                 counts["repointed"], counts["remapped"] = self._build_map(source_path, shape, target, rid, src_rid,
                                                                           S, T, M)
@@ -663,6 +675,7 @@ class _Engine:
                 ref = "s.%s" % q(src_rid)
                 values.insert(0, "COALESCE((SELECT new FROM temp.%s WHERE old = %s), %s)" % (q(mapping), ref, ref)
                               if mapping else ref)
+            self.phase = "merge: insert new"
             try:
                 self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s WHERE NOT EXISTS (SELECT 1 FROM %s m "
                          "WHERE m.srow = s.rowid) ORDER BY s.rowid" % (T, ", ".join(names), ", ".join(values), S, M))
@@ -671,10 +684,12 @@ class _Engine:
                     "%s: new rows of table %s collide with rows of target table %s on a unique column that is not "
                     "the merge key (%s); configure keys for %s" % (source_path, shape.name, target, exc, target))
             counts["inserted"] = self.one("SELECT changes()")
+            self.phase = "merge: conflicts"
             if counts["conflicts"]:
                 counts["conflicts_source_won"] = self._conflicts(source_path, shape, tshape, target, key, compare,
                                                                  tcol, expr, S, T, M)
         finally:
+            self.phase = "merge: cleanup"
             self.sql("DROP TABLE IF EXISTS %s" % M)
             for name in made:
                 self.sql("DROP INDEX main.%s" % q(name))
@@ -820,6 +835,24 @@ class _Engine:
 
 # ---------------------------------------------------------------------------------------------- plan / apply
 
+class Timings(dict):
+    """Seconds spent per phase of one merge ({phase: seconds}, summed over sources), for the benchmark's profile."""
+
+    def span(self, phase):
+        return _Span(self, phase)
+
+
+class _Span:
+    def __init__(self, timings, phase):
+        self.timings, self.phase = timings, phase
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timings[self.phase] = self.timings.get(self.phase, 0.0) + time.perf_counter() - self.start
+
+
 class MergePlan:
     """The result of plan_merge: accounting, and the merged copy of the target that apply_merge writes."""
 
@@ -833,6 +866,7 @@ class MergePlan:
         self.target_stat = None
         self.conflict_samples = []
         self.schema_changes = {"tables_created": [], "columns_added": []}
+        self.timings = Timings()   # per-phase seconds; not part of the module result
 
     def close(self):
         if self.workdir:
@@ -911,7 +945,7 @@ def _ledger(conn, opts):
     return {r[0] for r in rows}, {(r[0], r[1]) for r in rows}
 
 
-def _copy_source(path, target, workdir):
+def _copy_source(path, target, workdir, timings):
     """Checks of one source, then its private copy and digest. Raises the named error for the file."""
     if os.path.samefile(path, target):
         raise SourceIsTargetError("%s: source is the target %s itself (same file); refusing to merge a database "
@@ -920,15 +954,18 @@ def _copy_source(path, target, workdir):
         raise DatabaseLockedError("%s: source is locked by a writer (or has a hot journal); stop its service"
                                   % path)
     try:
-        copy = consistent_copy(path, workdir=workdir)
+        with timings.span("source copy"):
+            copy = consistent_copy(path, workdir=workdir)
     except SQLiteFileError as exc:
         raise NotADatabaseError(str(exc))
     except OSError as exc:
         raise _translate(exc, path)
-    digest = file_digest([copy, copy + "-wal"])
+    with timings.span("source digest"):
+        digest = file_digest([copy, copy + "-wal"])
     conn = sqlite3.connect(copy)
     try:
-        _check_integrity(path, conn)
+        with timings.span("source integrity_check"):
+            _check_integrity(path, conn)
     finally:
         conn.close()
     return copy, digest
@@ -959,13 +996,16 @@ def plan_merge(target, sources, **options):
 
 def _plan_into(plan, target, sources, opts):
     plan.target_stat = _stat_key(target)
+    timings = plan.timings
     try:
-        plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
+        with timings.span("target copy"):
+            plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
     except OSError as exc:
         raise _translate(exc, target)
     conn = sqlite3.connect(plan.merged_copy, isolation_level=None)
     try:
-        _check_integrity(target, conn)
+        with timings.span("target integrity_check"):
+            _check_integrity(target, conn)
         merged_paths, merged_pairs = _ledger(conn, opts)
         pending = []
         for raw in sources:
@@ -976,7 +1016,7 @@ def _plan_into(plan, target, sources, opts):
                     continue
                 raise MissingSourceError("%s: source does not exist and is not in the ledger %s of %s"
                                          % (path, opts.ledger_table, target))
-            copy, digest = _copy_source(path, target, plan.workdir)
+            copy, digest = _copy_source(path, target, plan.workdir, timings)
             if (path, digest) in merged_pairs:
                 plan.sources.append({"path": path, "digest": digest, "status": "already_merged", "tables": []})
                 os.remove(copy)
@@ -1000,9 +1040,11 @@ def _run_engine(plan, conn, pending, opts):
     conn.execute("PRAGMA temp_store = FILE")
     for pragma in opts.pragmas:
         conn.execute("PRAGMA %s" % pragma)
-    fk_before = _fk_counts(conn)
+    timings = plan.timings
+    with timings.span("target foreign_key_check"):
+        fk_before = _fk_counts(conn)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    engine = _Engine(conn, opts, now)
+    engine = _Engine(conn, opts, now, timings)
     conn.execute("BEGIN")
     engine.ensure_bookkeeping()
     conn.execute("COMMIT")
@@ -1018,8 +1060,9 @@ def _run_engine(plan, conn, pending, opts):
                 plan.schema_changes["tables_created"].append(t["target_table"])
             for col in t.get("columns_added", []):
                 plan.schema_changes["columns_added"].append("%s.%s" % (t["target_table"], col))
-    _verify(plan.target, conn, fk_before)
-    plan.conflict_samples = _conflict_samples(conn, opts, now)
+    _verify(plan.target, conn, fk_before, timings)
+    with timings.span("conflict samples"):
+        plan.conflict_samples = _conflict_samples(conn, opts, now)
     plan.changed = True
 
 
@@ -1030,12 +1073,15 @@ def _fk_counts(conn):
     return counts
 
 
-def _verify(target, conn, fk_before):
+def _verify(target, conn, fk_before, timings):
     """integrity_check and foreign_key_check of the merged result; violations the target already had are not ours."""
-    errors = integrity_errors(conn)
+    with timings.span("result integrity_check"):
+        errors = integrity_errors(conn)
     if errors:
         raise VerificationError("%s: merged database fails integrity_check: %s" % (target, "; ".join(errors[:3])))
-    new = {k: v for k, v in _fk_counts(conn).items() if v > fk_before.get(k, 0)}
+    with timings.span("result foreign_key_check"):
+        after = _fk_counts(conn)
+    new = {k: v for k, v in after.items() if v > fk_before.get(k, 0)}
     if new:
         raise VerificationError("%s: merged database fails foreign_key_check: %s" % (
             target, "; ".join("%s -> %s: %d row(s)" % (k[0], k[1], v - fk_before.get(k, 0))
@@ -1068,6 +1114,7 @@ def apply_merge(plan):
     merged = sqlite3.connect(plan.merged_copy)
     try:
         dest = sqlite3.connect(target, timeout=plan.options.lock_timeout, isolation_level=None)
+        start = time.perf_counter()
         try:
             try:
                 dest.execute("BEGIN IMMEDIATE")
@@ -1077,6 +1124,7 @@ def apply_merge(plan):
                 raise _translate(exc, target)
         finally:
             dest.close()
+            plan.timings["apply: backup"] = time.perf_counter() - start
     finally:
         merged.close()
     return plan.result()

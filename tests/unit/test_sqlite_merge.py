@@ -420,3 +420,16 @@ def test_ansible_doc_renders():
     proc = subprocess.run([os.path.join(REPO, ".venv", "bin", "ansible-doc"), "-M", "library", "-t", "module",
                            "sqlite_merge"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "on_conflict" in proc.stdout, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- speed bookkeeping
+
+def test_plan_times_its_phases_outside_the_result(zoe):
+    with sm.plan_merge(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], **ZOE_OPTIONS) as plan:
+        sm.apply_merge(plan)
+        result = plan.result()
+        phases = dict(plan.timings)
+    assert {"target copy", "source copy", "source digest", "source integrity_check", "merge: insert new",
+            "result integrity_check", "result foreign_key_check", "apply: backup"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert "timings" not in result and "result integrity_check" not in json.dumps(result)
