@@ -5,6 +5,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -429,7 +430,54 @@ def test_plan_times_its_phases_outside_the_result(zoe):
         sm.apply_merge(plan)
         result = plan.result()
         phases = dict(plan.timings)
-    assert {"target copy", "source copy", "source digest", "source integrity_check", "merge: insert new",
+    assert {"target copy", "source copy (background)", "source digest (background)",
+            "source integrity_check (background)", "wait for source checks", "merge: insert new",
             "result integrity_check", "result foreign_key_check", "apply: backup"} <= set(phases)
     assert all(seconds >= 0 for seconds in phases.values())
     assert "timings" not in result and "result integrity_check" not in json.dumps(result)
+
+
+def _corrupt(path):
+    data = bytearray(open(path, "rb").read())
+    for page in range(1, len(data) // 4096):
+        data[page * 4096:page * 4096 + 12] = b"\x0d\xff\xff\x7f\x7f\xff\xff\x00\x00\x00\x00\x09"  # bad page headers
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def _clashing(tmp_path, name):
+    return make_db(tmp_path / name, ["CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)"], {"t": [("x", "y")]})
+
+
+@pytest.mark.parametrize("names, error, culprit", [
+    (["good1", "good2", "corrupt"], sm.CorruptDatabaseError, "corrupt.db"),
+    (["clash", "corrupt"], sm.CorruptDatabaseError, "corrupt.db"),
+    (["clash", "good1"], sm.ShapeClashError, "clash.db"),
+    (["corrupt", "clash"], sm.CorruptDatabaseError, "corrupt.db"),
+], ids=["last-source-checked-beside-the-merge", "check-error-wins-over-a-later-merge-error",
+        "merge-error-alone", "first-source-corrupt"])
+def test_source_checks_in_the_background_fail_like_a_sequential_run(tmp_path, names, error, culprit):
+    t = _simple(tmp_path, "t.db")
+    make = {"good1": lambda: _simple(tmp_path, "good1.db", [(i, "a%d" % i) for i in range(2, 300)]),
+            "good2": lambda: _simple(tmp_path, "good2.db", [(i, "b%d" % i) for i in range(2, 300)]),
+            "corrupt": lambda: _corrupt(_simple(tmp_path, "corrupt.db", [(i, "x" * 200) for i in range(1, 200)])),
+            "clash": lambda: _clashing(tmp_path, "clash.db")}
+    sources = [make[n]() for n in names]
+    work = tmp_path / "work"
+    work.mkdir()
+    threads = threading.active_count()
+    before = snapshot([t])
+    with pytest.raises(error, match=culprit):
+        sm.merge_databases(t, sources, workdir=str(work))
+    assert snapshot([t]) == before
+    assert os.listdir(work) == []                  # every private copy removed
+    assert threading.active_count() == threads     # the background worker is gone
+
+
+def test_source_copies_are_released_once_merged_and_checked(tmp_path):
+    t = _simple(tmp_path, "t.db")
+    sources = [_simple(tmp_path, "s%d.db" % n, [(i, "v%d" % n) for i in range(1, 50)]) for n in range(4)]
+    with sm.plan_merge(t, sources, workdir=str(tmp_path)) as plan:
+        left = os.listdir(plan.workdir)
+        assert plan.totals()["source_rows"] == 4 * 49
+    assert left == [os.path.basename(os.path.dirname(plan.merged_copy))]
