@@ -174,6 +174,13 @@ free_bytes:
   returned: always
   type: int
   sample: 52428800000
+data_free_bytes:
+  description:
+    - Free bytes (for an unprivileged writer) on the filesystem of O(data_dir), where the merge grows the primary
+      and a rollback stages its restore.
+  returned: always
+  type: int
+  sample: 52428800000
 free_path:
   description: The existing path whose filesystem was measured for RV(free_bytes).
   returned: always

@@ -265,6 +265,7 @@ def audit_host(opts):
         "data_bytes": directory_bytes(opts.data_dir),
         "free_bytes": None,
         "free_path": None,
+        "data_free_bytes": free_bytes(opts.data_dir),
         "integrity_failures": failures,
         "foreign_key_failures": fk_failures,
         "not_databases": [os.path.relpath(p, opts.root) for p in not_databases],
