@@ -119,7 +119,7 @@ def module(target, sources):
         apply_merge(plan)
         t = plan.totals()
         with open(target + ".phases", "w") as handle:
-            json.dump(plan.timings, handle)
+            json.dump({"wall": plan.timings, "cpu": plan.timings.cpu}, handle)
     print("module accounting: %d rows = %d inserted + %d identical + %d conflicts, %d remapped"
           % (t["source_rows"], t["inserted"], t["identical"], t["conflicts"], t["remapped"]), file=sys.stderr)
 
@@ -128,7 +128,11 @@ APPROACHES = {"floor": floor, "module": module, "row_by_row": row_by_row, "sqlit
 
 
 def run_one(name, workdir, target, sources):
-    """Run one approach in a child process on a fresh target copy; return (seconds, peak RSS MiB, phases)."""
+    """Run one approach in a child process on a fresh target copy; return (seconds, peak RSS MiB, phases, cpu s).
+
+    CPU seconds (user + system of the child, all threads) are reported beside the wall clock because the
+    machine is shared: under load, wall time is mostly waiting for a core.
+    """
     copy = os.path.join(workdir, "run-%s.db" % name)
     shutil.copyfile(target, copy)
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child", name, copy] + sources)
@@ -140,7 +144,7 @@ def run_one(name, workdir, target, sources):
     for suffix in ("", ".time", ".phases"):
         if os.path.exists(copy + suffix):
             os.remove(copy + suffix)
-    return seconds, usage.ru_maxrss / 1024.0, phases
+    return seconds, usage.ru_maxrss / 1024.0, phases, usage.ru_utime + usage.ru_stime
 
 
 def load_average():
@@ -181,19 +185,26 @@ def main():
             print("run %d %s: %.2f s (load %s)" % (rep + 1, name, runs[name][-1][0], load_average()), flush=True)
     median = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
     base = median.get("floor")
-    print("| approach | median s | runs s | x floor (median) | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    cpu = {name: statistics.median(r[3] for r in rs) for name, rs in runs.items()}
+    print("| approach | median s | runs s | x floor (median) | CPU s (median) | x floor CPU | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, rs in runs.items():
-        print("| %s | %.1f | %s | %s | %.0f |" % (
+        print("| %s | %.1f | %s | %s | %.1f | %s | %.0f |" % (
             name, median[name], " / ".join("%.1f" % r[0] for r in rs),
-            "%.2f" % (median[name] / base) if base else "-", max(r[1] for r in rs)))
+            "%.2f" % (median[name] / base) if base else "-", cpu[name],
+            "%.2f" % (cpu[name] / cpu["floor"]) if base else "-", max(r[1] for r in rs)))
     phases = [r[2] for r in runs.get("module", []) if r[2]]
     if phases:
-        print("\nmodule phases (median of %d runs):\n\n| phase | seconds |\n|---|---:|" % len(phases))
-        names = sorted(set().union(*phases), key=lambda p: -statistics.median(ph.get(p, 0.0) for ph in phases))
+        print("\nmodule phases (median of %d runs; CPU = seconds of the thread that ran the phase):\n\n"
+              "| phase | wall s | CPU s |\n|---|---:|---:|" % len(phases))
+
+        def med(kind, phase):
+            return statistics.median(ph[kind].get(phase, 0.0) for ph in phases)
+        names = sorted(set().union(*(ph["wall"] for ph in phases)), key=lambda p: -med("cpu", p))
         for phase in names:
-            print("| %s | %.2f |" % (phase, statistics.median(ph.get(phase, 0.0) for ph in phases)))
-        print("| (sum of phases) | %.2f |" % statistics.median(sum(ph.values()) for ph in phases))
+            print("| %s | %.2f | %.2f |" % (phase, med("wall", phase), med("cpu", phase)))
+        print("| (sum of phases) | %.2f | %.2f |" % tuple(statistics.median(sum(ph[k].values()) for ph in phases)
+                                                      for k in ("wall", "cpu")))
 
 
 if __name__ == "__main__":

@@ -433,6 +433,8 @@ class _Engine:
         self.maps = {}       # (source basename, source table) -> temp map table name
         self.counter = 0
         self.phase = "merge: other"  # the timings bucket sql() adds to
+        self.temp_indexes = []       # match indexes on target tables, dropped by finish()
+        self.row_counts = {}         # target table -> rows, see _target_rows
 
     def sql(self, text, params=()):
         with self.timings.span(self.phase):
@@ -611,10 +613,37 @@ class _Engine:
             return "surrogate", [], tshape.alias
         return "content", [], None
 
-    def _temp_index(self, target, cols, made):
+    def _temp_index(self, target, cols):
+        """An index the match needs on a target table. It stays until finish(): the next sources merging into
+        the same table reuse it (kept current by their inserts) instead of each rebuilding it over the whole,
+        growing table."""
         name = self._name("tmp_index")
         self.sql("CREATE INDEX main.%s ON %s (%s)" % (q(name), q(target), ", ".join(q(c) for c in cols)))
-        made.append(name)
+        self.temp_indexes.append(name)
+
+    def finish(self):
+        """Drop the match indexes: the merged target has exactly the schema the sources and the target asked for."""
+        self.phase = "merge: cleanup"
+        for name in self.temp_indexes:
+            self.sql("DROP INDEX main.%s" % q(name))
+        self.temp_indexes = []
+
+    def _target_rows(self, target):
+        """Rows of a target table now. count(*) walks a whole index, and the target grows to the sum of all
+        sources: it is counted once and then advanced by the rows this merge inserts, unless a trigger or an
+        ON CONFLICT REPLACE clause in the target could add or remove rows behind the merge's back."""
+        triggers = self.one("SELECT count(*) FROM main.sqlite_master WHERE type = 'trigger'")
+        sql = self.one("SELECT group_concat(sql, ' ') FROM main.sqlite_master WHERE tbl_name = ?", (target,)) or ""
+        if triggers or "REPLACE" in sql.upper():
+            self.row_counts.pop(target, None)
+            return self.one("SELECT count(*) FROM main.%s" % q(target))
+        if target not in self.row_counts:
+            self.row_counts[target] = self.one("SELECT count(*) FROM main.%s" % q(target))
+        return self.row_counts[target]
+
+    def _inserted(self, target, rows):
+        if target in self.row_counts:
+            self.row_counts[target] += rows
 
     def _merge_rows(self, source_path, d, shapes):
         shape = shapes[d["source_table"]]
@@ -624,16 +653,16 @@ class _Engine:
         self.phase = "merge: count"
         counts = dict(d, source_rows=self.one("SELECT count(*) FROM %s" % S), inserted=0, identical=0, conflicts=0,
                       conflicts_source_won=0, remapped=0, repointed=0, mode="copy",
-                      target_rows_before=self.one("SELECT count(*) FROM %s" % T))
+                      target_rows_before=self._target_rows(target))
         cols = shape.columns
         tcol = {c: tshape.actual(c) for c in cols}
         expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
-        made = []
         if d["action"] == "create":
             self.phase = "merge: insert new"
             self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY s.rowid" % (
                 T, ", ".join(q(tcol[c]) for c in cols), ", ".join(expr[c] for c in cols), S))
             counts["inserted"] = self.one("SELECT changes()")
+            self._inserted(target, counts["inserted"])
             self._register_map(source_path, shape, None)
             return self._check_accounting(source_path, counts)
 
@@ -652,12 +681,12 @@ class _Engine:
         try:
             self.phase = "merge: match"
             if mode == "key":
-                self._match_by_key(source_path, shape, tshape, key, S, T, M, cmp_sql, made)
+                self._match_by_key(source_path, shape, tshape, key, S, T, M, cmp_sql)
             else:
                 if rid:
                     self.sql("INSERT INTO %s (srow, trow, same) SELECT s.rowid, t.rowid, 1 FROM %s s JOIN %s t "
                              "ON t.%s = s.%s WHERE %s" % (M, S, T, q(rid), q(src_rid), cmp_sql))
-                self._match_by_content(shape, tshape, compare, tcol, S, T, M, cmp_sql, made)
+                self._match_by_content(shape, tshape, compare, tcol, S, T, M, cmp_sql)
             counts["identical"] = self.one("SELECT count(*) FROM %s WHERE same = 1" % M)
             counts["conflicts"] = self.one("SELECT count(*) FROM %s WHERE same = 0" % M)
             self.phase = "merge: id map"
@@ -685,6 +714,7 @@ class _Engine:
                     "%s: new rows of table %s collide with rows of target table %s on a unique column that is not "
                     "the merge key (%s); configure keys for %s" % (source_path, shape.name, target, exc, target))
             counts["inserted"] = self.one("SELECT changes()")
+            self._inserted(target, counts["inserted"])
             self.phase = "merge: conflicts"
             if counts["conflicts"]:
                 counts["conflicts_source_won"] = self._conflicts(source_path, shape, tshape, target, key, compare,
@@ -692,13 +722,11 @@ class _Engine:
         finally:
             self.phase = "merge: cleanup"
             self.sql("DROP TABLE IF EXISTS %s" % M)
-            for name in made:
-                self.sql("DROP INDEX main.%s" % q(name))
         return self._check_accounting(source_path, counts)
 
-    def _match_by_key(self, source_path, shape, tshape, key, S, T, M, cmp_sql, made):
+    def _match_by_key(self, source_path, shape, tshape, key, S, T, M, cmp_sql):
         if not tshape.has_index_on(key):
-            self._temp_index(tshape.name, [tshape.actual(c) for c in key], made)
+            self._temp_index(tshape.name, [tshape.actual(c) for c in key])
         if not any([c.lower() for c in u] == [c.lower() for c in key] for u in tshape.uniques):
             dup = self.sql("SELECT 1 FROM %s WHERE %s GROUP BY %s HAVING count(*) > 1 LIMIT 1" % (
                 T, " AND ".join("%s IS NOT NULL" % q(c) for c in key), ", ".join(q(c) for c in key))).fetchone()
@@ -718,7 +746,7 @@ class _Engine:
                 raise KeyDefinitionError("%s: key (%s) of table %s is not unique in the source"
                                          % (source_path, ", ".join(key), shape.name))
 
-    def _match_by_content(self, shape, tshape, compare, tcol, S, T, M, cmp_sql, made):
+    def _match_by_content(self, shape, tshape, compare, tcol, S, T, M, cmp_sql):
         """Rows without a key are identical when some target row has the same content (ids aside)."""
         if not compare:
             return
@@ -728,7 +756,7 @@ class _Engine:
             return
         lead = [tcol[c] for c in compare[:CONTENT_INDEX_COLUMNS]]
         if not tshape.has_index_on(lead[:1]):
-            self._temp_index(tshape.name, lead, made)
+            self._temp_index(tshape.name, lead)
         self.sql("INSERT INTO %s (srow, trow, same) SELECT srow, trow, 1 FROM (SELECT s.rowid AS srow, "
                  "(SELECT t.rowid FROM %s t WHERE %s LIMIT 1) AS trow FROM %s s WHERE NOT EXISTS "
                  "(SELECT 1 FROM %s m WHERE m.srow = s.rowid)) WHERE trow IS NOT NULL" % (M, T, cmp_sql, S, M))
@@ -837,10 +865,22 @@ class _Engine:
 # ---------------------------------------------------------------------------------------------- plan / apply
 
 class Timings(dict):
-    """Seconds spent per phase of one merge ({phase: seconds}, summed over sources), for the benchmark's profile."""
+    """Wall seconds per phase of one merge ({phase: seconds}, summed over sources), for the benchmark's profile.
+
+    .cpu holds the CPU seconds of the thread that ran each phase: on a shared machine the wall clock is mostly
+    waiting for a core, the CPU time says what the phase costs.
+    """
+
+    def __init__(self):
+        dict.__init__(self)
+        self.cpu = {}
 
     def span(self, phase):
         return _Span(self, phase)
+
+    def add(self, phase, wall, cpu):
+        self[phase] = self.get(phase, 0.0) + wall
+        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
 
 
 class _Span:
@@ -848,10 +888,10 @@ class _Span:
         self.timings, self.phase = timings, phase
 
     def __enter__(self):
-        self.start = time.perf_counter()
+        self.start, self.start_cpu = time.perf_counter(), time.thread_time()
 
     def __exit__(self, *exc):
-        self.timings[self.phase] = self.timings.get(self.phase, 0.0) + time.perf_counter() - self.start
+        self.timings.add(self.phase, time.perf_counter() - self.start, time.thread_time() - self.start_cpu)
 
 
 class MergePlan:
@@ -1151,6 +1191,7 @@ def _start_engine(plan, conn, opts):
 
 
 def _finish_engine(plan, conn, engine, opts):
+    engine.finish()
     for src in plan.sources:
         for t in src.get("tables", []):
             if t["action"] == "create":
@@ -1211,17 +1252,15 @@ def apply_merge(plan):
     merged = sqlite3.connect(plan.merged_copy)
     try:
         dest = sqlite3.connect(target, timeout=plan.options.lock_timeout, isolation_level=None)
-        start = time.perf_counter()
         try:
-            try:
+            with plan.timings.span("apply: backup"):
                 dest.execute("BEGIN IMMEDIATE")
                 dest.execute("ROLLBACK")
                 merged.backup(dest)
-            except sqlite3.DatabaseError as exc:
-                raise _translate(exc, target)
+        except sqlite3.DatabaseError as exc:
+            raise _translate(exc, target)
         finally:
             dest.close()
-            plan.timings["apply: backup"] = time.perf_counter() - start
     finally:
         merged.close()
     return plan.result()

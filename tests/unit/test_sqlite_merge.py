@@ -481,3 +481,35 @@ def test_source_copies_are_released_once_merged_and_checked(tmp_path):
         left = os.listdir(plan.workdir)
         assert plan.totals()["source_rows"] == 4 * 49
     assert left == [os.path.basename(os.path.dirname(plan.merged_copy))]
+
+
+def _before(result, source, name):
+    return table(result, source, name)["target_rows_before"]
+
+
+def test_match_index_reused_across_sources_and_dropped(tmp_path):
+    sql = "CREATE TABLE c (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"
+    t = make_db(tmp_path / "t.db", [sql], {"c": [(1, "t", "0")]})
+    s1 = make_db(tmp_path / "s1.db", [sql], {"c": [(1, "x", "1"), (2, "y", "2")]})
+    s2 = make_db(tmp_path / "s2.db", [sql], {"c": [(7, "x", "1"), (2, "z", "3"), (9, "t", "0")]})
+    result = sm.merge_databases(t, [s1, s2])
+    assert (table(result, "s2.db", "c")["identical"], table(result, "s2.db", "c")["inserted"]) == (2, 1)
+    assert (_before(result, "s1.db", "c"), _before(result, "s2.db", "c")) == (1, 3)
+    assert rows(t, "SELECT a, b FROM c ORDER BY a") == [("t", "0"), ("x", "1"), ("y", "2"), ("z", "3")]
+    assert rows(t, "SELECT name FROM sqlite_master WHERE type = 'index' AND name NOT LIKE 'sqlite_autoindex_%'") == []
+
+
+@pytest.mark.parametrize("extra", [
+    "CREATE TRIGGER t_log AFTER INSERT ON t BEGIN INSERT INTO log (x) VALUES (new.v); END",
+    None,
+], ids=["trigger-adds-rows-behind-the-merge", "no-trigger"])
+def test_target_rows_before_stays_exact(tmp_path, extra):
+    statements = ["CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)", "CREATE TABLE log (x TEXT)"]
+    t = make_db(tmp_path / "t.db", statements + ([extra] if extra else []), {"t": [(1, "a")], "log": [("l",)]})
+    s1 = make_db(tmp_path / "s1.db", statements, {"t": [(2, "b"), (3, "c")], "log": [("m",)]})
+    s2 = make_db(tmp_path / "s2.db", statements, {"t": [(4, "d")], "log": [("n",)]})
+    result = sm.merge_databases(t, [s1, s2])
+    after = rows(t, "SELECT count(*) FROM t")[0][0]
+    assert _before(result, "s2.db", "t") + table(result, "s2.db", "t")["inserted"] == after
+    # log is merged before t in each source; with the trigger, every row inserted into t also lands in log
+    assert (_before(result, "s1.db", "log"), _before(result, "s2.db", "log")) == ((2, 5) if extra else (1, 2))
