@@ -94,5 +94,7 @@ def test_a_wrong_zoe_root_is_a_clear_error_and_changes_nothing(host, tmp_path):
         assert result.returncode != 0
         assert "is not a Zoe checkout" in result.stdout and "Nothing was changed" in result.stdout
         assert host.digest() == before and os.listdir(str(empty)) == []
+        report = json.load(open(sorted(glob.glob(os.path.join(host.reports, "*.json")))[-1]))
+        assert report["outcome"].startswith("failed") and "is not a Zoe checkout" in report["outcome"]
     finally:
         host.write_inventory()
