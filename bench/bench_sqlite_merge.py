@@ -4,9 +4,10 @@
 Data: a target and 13 sources, table records(id TEXT PRIMARY KEY, owner, value, note, updated_at), plus a child
 table notes(id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body). About 3% of each source's keys
 collide with the target (half identical rows, half different content). Every approach runs in its own process on a
-fresh copy of the target (peak RSS per process from wait4), timing the merge only.
+fresh copy of the target (peak RSS and CPU seconds per process from wait4), timing the merge only. With --repeat
+the approaches run interleaved and medians are reported; the module's per-phase profile (plan.timings) follows.
 
-    .venv/bin/python bench/bench_sqlite_merge.py --rows 5000000
+    .venv/bin/python bench/bench_sqlite_merge.py --rows 5000000 --repeat 2
 """
 
 import argparse
