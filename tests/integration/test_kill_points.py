@@ -97,16 +97,6 @@ class KillHost(ZoeHost):
         super().__init__(base_dir, **generator)
         self.pre_digest = self.digest()
 
-    def destroy_containers(self):
-        try:
-            self.demo("down")
-        except subprocess.CalledProcessError:
-            pass
-        ids = subprocess.run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=%s" % self.project],
-                             capture_output=True, text=True).stdout.split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f"] + ids, capture_output=True)
-
 
 def zoe_counts(host):
     tables = [name for (name,) in host.query("zoe.db", "SELECT name FROM sqlite_master WHERE type = 'table' "

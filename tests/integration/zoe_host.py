@@ -97,7 +97,8 @@ class ZoeHost:
         subprocess.run([os.path.join(VENV_BIN, "python"), os.path.join(REPO, "tools", "demo_host.py"), command,
                         "--root", self.root], check=True, capture_output=True, text=True)
 
-    def destroy(self):
+    def destroy_containers(self):
+        """compose down, then remove any container of the project left (those the play recreated too)."""
         try:
             self.demo("down")
         except subprocess.CalledProcessError:
@@ -106,6 +107,9 @@ class ZoeHost:
                              capture_output=True, text=True).stdout.split()
         if ids:
             subprocess.run(["docker", "rm", "-f"] + ids, capture_output=True)
+
+    def destroy(self):
+        self.destroy_containers()
         shutil.rmtree(self.base, ignore_errors=True)
 
     # -- running the playbooks --------------------------------------------------------------------
