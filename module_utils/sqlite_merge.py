@@ -25,6 +25,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +43,7 @@ INTERNAL_PREFIX = "_zoe_merge_"
 MIN_SQLITE = (3, 33, 0)  # UPDATE ... FROM
 CONTENT_INDEX_COLUMNS = 4
 CONFLICT_SAMPLES = 20
+BACKUP_STEP_PAGES = 4096  # pages per backup step (16 MiB of 4 KiB pages)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -592,6 +594,26 @@ class _Engine:
             return ref
         return "COALESCE((SELECT new FROM temp.%s WHERE old = %s), %s)" % (q(mapping), ref, ref)
 
+    def _mapped_select(self, source_path, shape, shapes, cols, self_rid=None):
+        """Source values of `cols` for an INSERT ... SELECT from `s`, ids translated through the id maps with one
+        LEFT JOIN per mapped column (a seek per row; _expr's correlated subquery costs more per row). `self_rid`
+        follows this table's own map. Returns (expressions, joins)."""
+        values, joins = [], []
+        for col in cols:
+            ref = "s.%s" % q(col)
+            if self_rid is not None and col == self_rid:
+                mapping = self.maps.get((os.path.basename(source_path), shape.name))
+            else:
+                parent = self._parent_of(source_path, shape, col, shapes)
+                mapping = self.maps.get(parent) if parent else None
+            if not mapping:
+                values.append(ref)
+                continue
+            alias = "_zm_j%d" % len(joins)
+            joins.append(" LEFT JOIN temp.%s %s ON %s.old = %s" % (q(mapping), alias, alias, ref))
+            values.append("COALESCE(%s.new, %s)" % (alias, ref))
+        return values, "".join(joins)
+
     def _key_for(self, tshape, shape, target):
         """(mode, key columns): configured natural key, declared non-rowid key, unique, surrogate id, content."""
         configured = self.opts.keys.get(target) or self.opts.keys.get(shape.name)
@@ -659,8 +681,9 @@ class _Engine:
         expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
         if d["action"] == "create":
             self.phase = "merge: insert new"
-            self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s ORDER BY s.rowid" % (
-                T, ", ".join(q(tcol[c]) for c in cols), ", ".join(expr[c] for c in cols), S))
+            values, joins = self._mapped_select(source_path, shape, shapes, cols)
+            self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s%s ORDER BY s.rowid" % (
+                T, ", ".join(q(tcol[c]) for c in cols), ", ".join(values), S, joins))
             counts["inserted"] = self.one("SELECT changes()")
             self._inserted(target, counts["inserted"])
             self._register_map(source_path, shape, None)
@@ -696,20 +719,15 @@ class _Engine:
                 expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
             else:
                 self._register_map(source_path, shape, None)
-            insert_cols = [c for c in cols if not (src_rid and c == src_rid)]
-            values = [expr[c] for c in insert_cols]
-            names = [q(tcol[c]) for c in insert_cols]
-            if src_rid:
-                names.insert(0, q(rid))
-                mapping = self.maps.get((os.path.basename(source_path), shape.name))
-                ref = "s.%s" % q(src_rid)
-                values.insert(0, "COALESCE((SELECT new FROM temp.%s WHERE old = %s), %s)" % (q(mapping), ref, ref)
-                              if mapping else ref)
+            insert_cols = ([src_rid] if src_rid else []) + [c for c in cols if not (src_rid and c == src_rid)]
+            values, joins = self._mapped_select(source_path, shape, shapes, insert_cols, src_rid)
+            names = [q(rid) if src_rid and c == src_rid else q(tcol[c]) for c in insert_cols]
             self.phase = "merge: insert new"
             try:
                 # LEFT JOIN ... IS NULL rather than NOT EXISTS: same rows, ~8% less CPU per row (bench)
-                self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s LEFT JOIN %s m ON m.srow = s.rowid "
-                         "WHERE m.srow IS NULL ORDER BY s.rowid" % (T, ", ".join(names), ", ".join(values), S, M))
+                self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s LEFT JOIN %s m ON m.srow = s.rowid%s "
+                         "WHERE m.srow IS NULL ORDER BY %s" % (T, ", ".join(names), ", ".join(values), S, M, joins,
+                                                               self._insert_order(shape, key, rid)))
             except sqlite3.IntegrityError as exc:
                 raise KeyDefinitionError(
                     "%s: new rows of table %s collide with rows of target table %s on a unique column that is not "
@@ -724,6 +742,16 @@ class _Engine:
             self.phase = "merge: cleanup"
             self.sql("DROP TABLE IF EXISTS %s" % M)
         return self._check_accounting(source_path, counts)
+
+    @staticmethod
+    def _insert_order(shape, key, rid):
+        """ORDER BY of the new rows: the key when the target assigns rowids itself (no INTEGER PRIMARY KEY) and a
+        source index already yields that order, else the source's rowid order. Rows arriving in key order land
+        next to each other in the target's key index instead of at random leaves: 15% less CPU on the biggest
+        statement of the bench (TEXT primary keys), and no sorter (without a source index the rowid order stays)."""
+        if key and not rid and shape.has_index_on(key):
+            return ", ".join("s.%s" % q(shape.actual(c)) for c in key)
+        return "s.rowid"
 
     def _match_by_key(self, source_path, shape, tshape, key, S, T, M, cmp_sql):
         if not tshape.has_index_on(key):
@@ -779,9 +807,10 @@ class _Engine:
         base = max(self.one("SELECT coalesce(max(%s), 0) FROM %s" % (q(rid), T)) or 0,
                    self.one("SELECT coalesce(max(%s), 0) FROM %s" % (q(src_rid), S)) or 0,
                    self._sequence(target))
+        # unmatched rows whose id is taken in the target; joins rather than (NOT) EXISTS: ~30% less CPU (bench)
         self.sql("INSERT INTO temp.%s (old, new) SELECT s.%s, ? + row_number() OVER (ORDER BY s.%s) FROM %s s "
-                 "WHERE NOT EXISTS (SELECT 1 FROM %s m WHERE m.srow = s.rowid) AND EXISTS (SELECT 1 FROM %s t "
-                 "WHERE t.%s = s.%s)" % (q(name), q(src_rid), q(src_rid), S, M, T, q(rid), q(src_rid)), (int(base),))
+                 "LEFT JOIN %s m ON m.srow = s.rowid JOIN %s t ON t.%s = s.%s WHERE m.srow IS NULL"
+                 % (q(name), q(src_rid), q(src_rid), S, M, T, q(rid), q(src_rid)), (int(base),))
         remapped = self.one("SELECT changes()")
         if repointed or remapped:
             self._register_map(source_path, shape, name)
@@ -910,8 +939,16 @@ class MergePlan:
         self.schema_changes = {"tables_created": [], "columns_added": []}
         self.timings = Timings()   # per-phase seconds; not part of the module result
         self.fk_before = {}
+        self.verification = None   # the result checks, running in the background until verified()
+
+    def verified(self):
+        """Wait for the result checks (integrity_check, foreign_key_check) of the merged copy; raise if they failed."""
+        if self.verification is not None:
+            self.verification.wait(self.timings)
 
     def close(self):
+        if self.verification is not None:
+            self.verification.close()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
@@ -933,7 +970,11 @@ class MergePlan:
         return out
 
     def result(self):
-        """Machine-readable accounting for the module result: no secret values (conflicts are masked)."""
+        """Machine-readable accounting for the module result: no secret values (conflicts are masked).
+
+        Waits for the result checks first, so no caller (check mode included) gets an accounting that failed them.
+        """
+        self.verified()
         return {"target": self.target, "sources": self.sources, "totals": self.totals(),
                 "schema_changes": self.schema_changes, "conflicts": self.conflict_samples}
 
@@ -1094,10 +1135,15 @@ def plan_merge(target, sources, **options):
     if sqlite3.sqlite_version_info < MIN_SQLITE:
         raise MergeError("SQLite %s is too old; the merge needs %s or later" % (
             sqlite3.sqlite_version, ".".join(map(str, MIN_SQLITE))))
+    digest_target = bool(options.pop("digest_target", False))
     opts = options.pop("options", None) or MergeOptions(**options)
     target = os.path.realpath(target)
     _validate_target(target)
     plan = MergePlan(target, opts)
+    # digest_target: sha256 of the bytes the target copy was taken from (sqlite_merge_prepare compares it with
+    # the target as it is in the downtime window before it writes a merge prepared before the stop).
+    plan.target_digest = None
+    plan.digest_target = digest_target
     plan.workdir = tempfile.mkdtemp(prefix="zoe-merge-", dir=opts.workdir)
     os.chmod(plan.workdir, 0o700)
     try:
@@ -1114,6 +1160,8 @@ def _plan_into(plan, target, sources, opts):
     try:
         with timings.span("target copy"):
             plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
+            if plan.digest_target:
+                plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
     except OSError as exc:
         raise _translate(exc, target)
     conn = sqlite3.connect(plan.merged_copy, isolation_level=None)
@@ -1199,7 +1247,7 @@ def _finish_engine(plan, conn, engine, opts):
                 plan.schema_changes["tables_created"].append(t["target_table"])
             for col in t.get("columns_added", []):
                 plan.schema_changes["columns_added"].append("%s.%s" % (t["target_table"], col))
-    _verify(plan.target, conn, plan.fk_before, plan.timings)
+    plan.verification = _Verification(plan.target, plan.merged_copy, plan.fk_before, plan.timings)
     with plan.timings.span("conflict samples"):
         plan.conflict_samples = _conflict_samples(conn, opts, engine.now)
     plan.changed = True
@@ -1212,19 +1260,73 @@ def _fk_counts(conn):
     return counts
 
 
-def _verify(target, conn, fk_before, timings):
-    """integrity_check and foreign_key_check of the merged result; violations the target already had are not ours."""
-    with timings.span("result integrity_check"):
+def _check_result_integrity(target, conn, timings):
+    with timings.span("result integrity_check (background)"):
         errors = integrity_errors(conn)
     if errors:
         raise VerificationError("%s: merged database fails integrity_check: %s" % (target, "; ".join(errors[:3])))
-    with timings.span("result foreign_key_check"):
+
+
+def _check_result_foreign_keys(target, conn, fk_before, timings):
+    """foreign_key_check of the merged result; violations the target already had are not ours."""
+    with timings.span("result foreign_key_check (background)"):
         after = _fk_counts(conn)
     new = {k: v for k, v in after.items() if v > fk_before.get(k, 0)}
     if new:
         raise VerificationError("%s: merged database fails foreign_key_check: %s" % (
             target, "; ".join("%s -> %s: %d row(s)" % (k[0], k[1], v - fk_before.get(k, 0))
                               for k, v in sorted(new.items()))))
+
+
+class _Verification:
+    """integrity_check and foreign_key_check of the merged copy, each on its own connection and thread.
+
+    Why: the full integrity_check of the merged result is the biggest cost after the inserts, and it only reads
+    the finished copy. It runs beside the conflict samples and beside apply_merge's backup into the target, whose
+    last step (the one that commits) waits for it: a failed check aborts the backup, and SQLite rolls the target's
+    transaction back (its rollback journal restores every page written so far). Nothing is weakened: no result
+    is returned and nothing is committed before both checks passed (MergePlan.verified()), and errors come in the
+    order of the sequential checks (integrity first).
+    """
+
+    def __init__(self, target, path, fk_before, timings):
+        self.target, self.path = target, path
+        self.lock = threading.Lock()
+        self.conns = []
+        self.closed = False
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zoe-merge-verify")
+        self.futures = [self.executor.submit(self._run, _check_result_integrity, target, timings),
+                        self.executor.submit(self._run, _check_result_foreign_keys, target, fk_before, timings)]
+
+    def _run(self, check, *args):
+        with self.lock:
+            if self.closed:
+                raise VerificationError("%s: verification cancelled" % self.target)
+            # used by this thread only; close() may interrupt() it from another thread, which SQLite allows
+            conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.conns.append(conn)
+        try:
+            check(args[0], conn, *args[1:])
+        except sqlite3.DatabaseError as exc:
+            raise VerificationError("%s: merged database fails verification: %s" % (self.target, exc))
+        finally:
+            with self.lock:
+                self.conns.remove(conn)
+                conn.close()
+
+    def wait(self, timings):
+        """Block until both checks are done; raise the first failure (integrity before foreign keys)."""
+        with timings.span("wait for result checks"):
+            for future in self.futures:
+                future.result()
+
+    def close(self):
+        """Stop the checks (interrupt a running PRAGMA) and join the threads."""
+        with self.lock:
+            self.closed = True
+            for conn in self.conns:
+                conn.interrupt()
+        self.executor.shutdown(wait=True)
 
 
 def _conflict_samples(conn, opts, now):
@@ -1244,7 +1346,12 @@ def _conflict_samples(conn, opts, now):
 
 
 def apply_merge(plan):
-    """Write the planned result into the target in one transaction (SQLite online backup). Returns the result."""
+    """Write the planned result into the target in one transaction (SQLite online backup). Returns the result.
+
+    The backup runs in steps of BACKUP_STEP_PAGES beside the result checks; the step that commits starts only
+    once they passed. A failed check raises out of the progress callback, which aborts the backup: SQLite rolls
+    the target's transaction back, so the target keeps its content byte for byte (its mtime changes).
+    """
     if not plan.changed:
         return plan.result()
     target = plan.target
@@ -1252,12 +1359,19 @@ def apply_merge(plan):
         raise TargetChangedError("%s: target changed since the merge was planned; run again" % target)
     merged = sqlite3.connect(plan.merged_copy)
     try:
+        if merged.execute("PRAGMA page_count").fetchone()[0] <= BACKUP_STEP_PAGES:
+            plan.verified()  # the first step would copy everything and commit at once
+
+        def before_commit(status, remaining, total):
+            if remaining <= BACKUP_STEP_PAGES:
+                plan.verified()  # the next step copies the rest and commits
+
         dest = sqlite3.connect(target, timeout=plan.options.lock_timeout, isolation_level=None)
         try:
             with plan.timings.span("apply: backup"):
                 dest.execute("BEGIN IMMEDIATE")
                 dest.execute("ROLLBACK")
-                merged.backup(dest)
+                merged.backup(dest, pages=BACKUP_STEP_PAGES, progress=before_commit)
         except sqlite3.DatabaseError as exc:
             raise _translate(exc, target)
         finally:

@@ -432,9 +432,10 @@ def test_plan_times_its_phases_outside_the_result(zoe):
         phases = dict(plan.timings)
     assert {"target copy", "source copy (background)", "source digest (background)",
             "source integrity_check (background)", "wait for source checks", "merge: insert new",
-            "result integrity_check", "result foreign_key_check", "apply: backup"} <= set(phases)
+            "result integrity_check (background)", "result foreign_key_check (background)",
+            "wait for result checks", "apply: backup"} <= set(phases)
     assert all(seconds >= 0 for seconds in phases.values())
-    assert "timings" not in result and "result integrity_check" not in json.dumps(result)
+    assert "timings" not in result and "integrity_check" not in json.dumps(result)
 
 
 def _corrupt(path):
@@ -513,3 +514,111 @@ def test_target_rows_before_stays_exact(tmp_path, extra):
     assert _before(result, "s2.db", "t") + table(result, "s2.db", "t")["inserted"] == after
     # log is merged before t in each source; with the trigger, every row inserted into t also lands in log
     assert (_before(result, "s1.db", "log"), _before(result, "s2.db", "log")) == ((2, 5) if extra else (1, 2))
+
+
+# ---------------------------------------------------------------------------------------------- result checks beside the backup
+
+def _sha256(path):
+    import hashlib
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def _dangling_source(tmp_path):
+    """A source whose child row points at a parent that exists nowhere: the merged result fails foreign_key_check."""
+    schema = ["CREATE TABLE p (id INTEGER PRIMARY KEY, v TEXT)",
+              "CREATE TABLE c (id INTEGER PRIMARY KEY, p_id INTEGER REFERENCES p(id), body TEXT)"]
+    t = make_db(tmp_path / "t.db", schema, {"p": [(i, "x" * 400) for i in range(1, 6001)], "c": [(1, 1, "ok")]})
+    s = make_db(tmp_path / "s.db", schema, {"p": [(9001, "new")], "c": [(2, 777777, "dangling")]})
+    return t, s
+
+
+def test_failed_result_check_aborts_the_backup_and_leaves_the_target(tmp_path, monkeypatch):
+    t, s = _dangling_source(tmp_path)
+    monkeypatch.setattr(sm, "BACKUP_STEP_PAGES", 64)   # ~700 pages: many steps, more than the 2 MiB page cache
+    digest, before = _sha256(t), os.stat(t).st_mtime_ns
+    with sm.plan_merge(t, [s]) as plan:
+        assert plan.changed                                # the plan itself does not wait for the checks
+        with pytest.raises(sm.VerificationError, match="foreign_key_check: c -> p: 1 row"):
+            sm.apply_merge(plan)
+        assert "apply: backup" in plan.timings
+    assert _sha256(t) == digest                            # rolled back byte for byte
+    assert os.stat(t).st_mtime_ns != before                # ... after pages were really written into it
+    assert not os.path.exists(t + "-journal")
+    assert rows(t, "PRAGMA integrity_check") == [("ok",)]
+    assert rows(t, "SELECT count(*) FROM p") == [(6000,)]
+
+
+def test_check_mode_result_waits_for_the_result_checks(tmp_path):
+    t, s = _dangling_source(tmp_path)
+    before = snapshot([t, s])
+    with sm.plan_merge(t, [s]) as plan:
+        with pytest.raises(sm.VerificationError, match="foreign_key_check"):
+            plan.result()
+    assert snapshot([t, s]) == before
+
+
+def _indexed_db(path):
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE small (id INTEGER PRIMARY KEY, a TEXT, b TEXT);
+        CREATE INDEX small_a ON small (a);
+        CREATE TABLE big (id INTEGER PRIMARY KEY, a TEXT, b TEXT);
+        CREATE INDEX big_a ON big (a);
+    """)
+    conn.executemany("INSERT INTO small VALUES (?, ?, ?)", [(i, "a%d" % i, "b%d" % i) for i in range(1, 4)])
+    conn.executemany("INSERT INTO big VALUES (?, ?, ?)", [(i, "a%d" % i, "b%d" % i) for i in range(1, 20001)])
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("index", ["small_a", "big_a"], ids=["index-of-a-small-table", "index-of-a-big-table"])
+def test_result_integrity_check_catches_a_corrupt_index(tmp_path, index):
+    path = _indexed_db(tmp_path / "merged.db")
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA writable_schema = ON")  # the index now claims column b while its entries hold a
+    conn.execute("UPDATE sqlite_master SET sql = replace(sql, '(a)', '(b)') WHERE name = ?", (index,))
+    conn.commit()
+    conn.close()
+    timings = sm.Timings()
+    check = sm._Verification(path, path, {}, timings)
+    try:
+        with pytest.raises(sm.VerificationError, match="integrity_check: .*%s" % index):
+            check.wait(timings)
+    finally:
+        check.close()
+
+
+def test_closing_a_plan_stops_its_result_checks(tmp_path):
+    t = _indexed_db(tmp_path / "t.db")
+    s = make_db(tmp_path / "s.db", ["CREATE TABLE big (id INTEGER PRIMARY KEY, a TEXT, b TEXT)"],
+                {"big": [(i, "s%d" % i, "t%d" % i) for i in range(1, 3001)]})
+    threads = threading.active_count()
+    with sm.plan_merge(t, [s], workdir=str(tmp_path)) as plan:
+        assert plan.verification is not None
+        workdir = plan.workdir
+    assert threading.active_count() == threads and not os.path.exists(workdir)
+
+
+def test_self_references_follow_remapped_ids(tmp_path):
+    sql = "CREATE TABLE t (id INTEGER PRIMARY KEY, parent_id INTEGER REFERENCES t(id), v TEXT)"
+    t = make_db(tmp_path / "t.db", [sql], {"t": [(1, None, "a"), (2, 1, "b")]})
+    s = make_db(tmp_path / "s.db", [sql], {"t": [(1, None, "x"), (2, 1, "y"), (3, 2, "z")]})
+    result = sm.merge_databases(t, [s])
+    assert table(result, "s.db", "t")["remapped"] == 2
+    assert rows(t, "SELECT c.v, p.v FROM t c LEFT JOIN t p ON p.id = c.parent_id ORDER BY c.v") == [
+        ("a", None), ("b", "a"), ("x", None), ("y", "x"), ("z", "y")]
+    assert rows(t, "SELECT id FROM t WHERE v IN ('a', 'b') ORDER BY id") == [(1,), (2,)]
+
+
+def test_new_rows_in_key_order_or_rowid_order_same_rows(tmp_path):
+    statements = ["CREATE TABLE r (k TEXT PRIMARY KEY, v INTEGER)", "CREATE TABLE n (name TEXT, v INTEGER)"]
+    t = make_db(tmp_path / "t.db", statements, {"r": [("m", 0)], "n": [("m", 0)]})
+    data = [("k%d" % i, i) for i in (5, 3, 9, 1, 7)]
+    s = make_db(tmp_path / "s.db", statements, {"r": data + [("m", 0)], "n": [("z", 1), ("a", 2), ("m", 0)]})
+    result = sm.merge_databases(t, [s], keys={"n": ["name"]})
+    assert table(result, "s.db", "r")["inserted"] == 5 and table(result, "s.db", "n")["inserted"] == 2
+    # key order when the source's key index gives it (k1 first), the source's rowid order without one (z, a)
+    assert rows(t, "SELECT k FROM r ORDER BY rowid") == [("m",), ("k1",), ("k3",), ("k5",), ("k7",), ("k9",)]
+    assert rows(t, "SELECT name FROM n ORDER BY rowid") == [("m",), ("z",), ("a",)]
