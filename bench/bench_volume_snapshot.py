@@ -9,7 +9,7 @@ after `sync` so no step pays for the previous one's writeback, median of --reps 
   sha256 of every file       hashlib, one thread (what a hash-after-copy design would add)
   rollback-point snapshot    sqlite_mode=copy, manifest + verify, fsync false / true
   restore into an empty dir  staging hashed against the manifest + post-restore verify, fsync false / true
-  live snapshot              sqlite_mode=backup_api, fsync true
+  live snapshot              sqlite_mode=backup_api (fsync true), sqlite_mode=read_lock (fsync false / true)
   no-op restore plan         plan_restore on an intact tree (hashes every live file)
 
 Usage: .venv/bin/python bench/bench_volume_snapshot.py [--mb 1024] [--reps 3]
@@ -126,6 +126,11 @@ def main():
             rec("snapshot, backup_api mode (fsync=true)",
                 timed(lambda: apply_snapshot(plan_snapshot(bk, [data], sqlite_mode="backup_api"), fsync=True),
                       lambda: clean(bk)))
+            clean(bk)
+            for fsync in (False, True):
+                rec("snapshot, read_lock mode (fsync=%s)" % str(fsync).lower(),
+                    timed(lambda: apply_snapshot(plan_snapshot(bk, [data], sqlite_mode="read_lock"), fsync=fsync),
+                          lambda: clean(bk)))
             clean(bk)
         med = {name: statistics.median(values) for name, values in times.items()}
 

@@ -19,6 +19,10 @@ What "verified" means, honestly:
   count, and the source is stat'ed again after the copy to detect a writer (a torn copy). Reading
   the snapshot back right away would only read the page cache, so it would prove nothing more
   about the disk; that re-read is state=verified, run later.
+- present, live: sqlite_mode=backup_api copies each database through SQLite's online backup API and
+  hashes the finished copy (the backup rewrites page 1 last, so it cannot be hashed while written);
+  sqlite_mode=read_lock copies the database file and its -wal byte for byte, hashed while copied,
+  under a held read transaction (why that is consistent: sqlite_read_lock_copy()).
 - verified: re-reads every snapshot file and compares its sha256 with the manifest, then opens a
   scratch copy of every database and runs PRAGMA integrity_check and counts rows.
 - restored: the snapshot's bytes are hashed while they are copied into a staging file beside the
@@ -41,6 +45,7 @@ import sqlite3
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
@@ -58,6 +63,7 @@ SIDECAR_SUFFIXES = ("-wal", "-shm", "-journal")
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BUFFER = 1 << 20
 BLOCK = 4096
+WAL_HEADER = 32
 
 
 class SnapshotError(Exception):
@@ -154,32 +160,86 @@ def copy_and_hash(src_path, dst_path, fsync=True):
     describes exactly what went into the copy. hashlib and os.write release the GIL on large
     buffers, so several of these run in parallel threads and hashing overlaps copying.
     """
+    src_fd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return _copy_fd_and_hash(src_fd, dst_path, fsync)
+    finally:
+        os.close(src_fd)
+
+
+def _copy_fd_and_hash(src_fd, dst_path, fsync):
+    """copy_and_hash() from an open descriptor, read from its offset (0 if fresh) to EOF; the caller closes it."""
     digest = hashlib.sha256()
     buf = bytearray(BUFFER)
     view = memoryview(buf)
     written = 0
-    src_fd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW)
+    dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            while True:
-                count = os.readv(src_fd, [buf])
-                if not count:
-                    break
-                chunk = view[:count]
-                digest.update(chunk)
-                _write_all(dst_fd, chunk)
-                written += count
-            if fsync:
-                os.fsync(dst_fd)
-            stored = os.fstat(dst_fd).st_size
-        finally:
-            os.close(dst_fd)
+        while True:
+            count = os.readv(src_fd, [buf])
+            if not count:
+                break
+            chunk = view[:count]
+            digest.update(chunk)
+            _write_all(dst_fd, chunk)
+            written += count
+        if fsync:
+            os.fsync(dst_fd)
+        stored = os.fstat(dst_fd).st_size
     finally:
-        os.close(src_fd)
+        os.close(dst_fd)
     if stored != written:
         raise VerifyError("%s: wrote %d bytes but the file holds %d" % (dst_path, written, stored))
     return written, digest.hexdigest()
+
+
+def _open_for_read(src_path):
+    """A connection to a live database that never checkpoints or removes its -wal when closed.
+
+    Read-only when possible; a read-only open of a WAL database needs its -shm (and cannot roll back
+    a hot journal), so fall back to a normal connection then.
+    """
+    try:
+        conn = sqlite3.connect("file:%s?mode=ro" % quote(src_path), uri=True, timeout=30, isolation_level=None)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            raise
+        return conn
+    except sqlite3.Error:
+        return sqlite3.connect(src_path, timeout=30, isolation_level=None)
+
+
+def _fsync_and_hash(path, fsync):
+    """(size, sha256) of a file just written; its fsync runs in a second thread while it is hashed.
+
+    The hash reads the page cache (hashlib releases the GIL) while the disk writes the same pages
+    back, so the two costs overlap instead of adding up (measured ~0.2 s less per GB here).
+    """
+    failure = []
+
+    def sync():
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            failure.append(exc)
+
+    worker = threading.Thread(target=sync) if fsync else None
+    if worker:
+        worker.start()
+    try:
+        digest = _sha256_file(path)
+    finally:
+        if worker:
+            worker.join()
+    if failure:
+        raise failure[0]
+    return os.path.getsize(path), digest
 
 
 def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
@@ -188,18 +248,14 @@ def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
     One backup step (pages=-1) runs inside one read transaction: the copy holds every transaction
     committed before the step began, -wal content included, and a concurrent WAL writer is not
     blocked. The source is opened read-only so closing it never checkpoints or removes its -wal.
+    The backup rewrites page 1 of the copy when it finishes, so the copy can only be hashed after.
     """
     os.close(os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    source = _open_for_read(src_path)
     try:
-        source = sqlite3.connect("file:%s?mode=ro" % quote(src_path), uri=True, timeout=30)
-        source.execute("SELECT count(*) FROM sqlite_master").fetchone()
         # Read pages through a memory map: the backup copies page by page and pread() per page is
         # most of its cost (measured ~25% faster on the benchmark's databases).
         source.execute("PRAGMA mmap_size=%d" % (1 << 40))
-    except sqlite3.Error:
-        # A read-only open of a WAL database needs its -shm; fall back to a normal connection.
-        source = sqlite3.connect(src_path, timeout=30)
-    try:
         target = sqlite3.connect(dst_path)
         try:
             target.execute("PRAGMA journal_mode=OFF")
@@ -214,13 +270,70 @@ def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
     for suffix in SIDECAR_SUFFIXES:
         if os.path.lexists(dst_path + suffix):
             os.unlink(dst_path + suffix)
-    if fsync:
-        fd = os.open(dst_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
+    return _fsync_and_hash(dst_path, fsync)
+
+
+def sqlite_read_lock_copy(src_path, dst_path, fsync=True, _while_locked=None):
+    """Live byte copy of a database (and, in WAL mode, its -wal) under a held read transaction.
+
+    Returns ((bytes, sha256) of the database copy, (bytes, sha256, stat) of the -wal copy or None). Each
+    file is copied and hashed in one pass, like copy_and_hash(). Why the copy is consistent, with a
+    read transaction open on the source (BEGIN and a read) for the whole copy:
+
+    - Rollback-journal modes: the read holds a SHARED lock, and a writer needs EXCLUSIVE to write
+      the database file, so the file does not change until we end the transaction; it holds every
+      commit made before the BEGIN. A journal is not needed (a hot one is rolled back before SHARED).
+    - WAL mode: writers append to the -wal, only a checkpoint writes the database file. Our reader
+      holds either read slot 0 (everything in the -wal was already checkpointed when it began): then
+      no checkpoint may write the database file at all, so the database file alone is the snapshot;
+      or a slot i >= 1 with mark K (its snapshot is the database file plus -wal frames 1..K): then
+      a checkpoint only copies frames <= K into the database file, and the -wal cannot be restarted
+      or truncated (that needs every slot i >= 1), so the -wal header and frames 1..K stay as they
+      were. Pages that a checkpoint rewrites while we copy are all in frames <= K, and opening the
+      copy replays the copied -wal (recovery stops at the last valid commit frame, so a frame being
+      appended while we read is ignored), so the copy holds frames 1..M for some M >= K, a
+      consistent state at or after the BEGIN.
+    - The -wal header (salts, checkpoint sequence) is read right after the BEGIN and again after
+      the -wal was copied; if it differs from those, or from the copy's own first bytes, the -wal
+      was restarted or truncated while we held the transaction, which proves we held slot 0: the
+      -wal copy is dropped and the database file (not written since the BEGIN) is the snapshot.
+
+    POSIX locks belong to the process, and closing any descriptor of a file drops them all, so our
+    raw descriptors are closed only after the connection (and with it the read transaction) is.
+    `_while_locked`, for tests, is called after the database file is copied, the lock still held.
+    """
+    wal_path, wal_dst = src_path + "-wal", dst_path + "-wal"
+    fds = []
+    conn = _open_for_read(src_path)
+    try:
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        wal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
+        fds.append(os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW))
+        header = None
+        if wal_mode:
+            try:
+                fds.append(os.open(wal_path, os.O_RDONLY | os.O_NOFOLLOW))
+                header = os.pread(fds[1], WAL_HEADER, 0)
+            except FileNotFoundError:
+                header = None
+        database = _copy_fd_and_hash(fds[0], dst_path, fsync)
+        if _while_locked:
+            _while_locked()
+        wal = None
+        if header is not None and len(header) == WAL_HEADER:
+            wal = _copy_fd_and_hash(fds[1], wal_dst, fsync) + (os.fstat(fds[1]),)
+            with open(wal_dst, "rb") as handle:
+                copied = handle.read(WAL_HEADER)
+            if not copied == header == os.pread(fds[1], WAL_HEADER, 0):
+                os.unlink(wal_dst)
+                wal = None
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+        for fd in fds:
             os.close(fd)
-    return os.path.getsize(dst_path), _sha256_file(dst_path)
+    return database, wal
 
 
 def _fsync_dir(path):
@@ -318,10 +431,14 @@ def scan_root(index, root, exclude):
         base = os.path.basename(root["path"])
         for name in [base] + [base + suffix for suffix in SIDECAR_SUFFIXES]:
             path = os.path.join(os.path.dirname(root["path"]), name)
-            if os.path.lexists(path):
+            try:
                 entry = _entry_for(index, name, path, os.lstat(path))
-                if entry is not None:
-                    entries.append(entry)
+            except FileNotFoundError:
+                if name == base:
+                    raise SourceError("O(paths) entry %s disappeared" % path)
+                continue  # no such sidecar (or a live one came and went)
+            if entry is not None:
+                entries.append(entry)
         return entries, skipped
     top = root["path"]
     entries.append(_entry_for(index, ".", top, os.lstat(top)))
@@ -333,7 +450,13 @@ def scan_root(index, root, exclude):
             rel = os.path.relpath(path, top)
             if _excluded(rel, exclude):
                 continue
-            entry = _entry_for(index, rel, path, os.lstat(path))
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if name.endswith(SIDECAR_SUFFIXES):
+                    continue  # a live database's -journal (or -wal) came and went while we listed
+                raise
+            entry = _entry_for(index, rel, path, st)
             if entry is None:
                 skipped += 1
                 continue
@@ -344,13 +467,20 @@ def scan_root(index, root, exclude):
     return entries, skipped
 
 
+LIVE_MODES = ("backup_api", "read_lock")
+
+
 def _mark_databases(entries, sqlite_mode):
-    """Flag SQLite databases; with backup_api, drop their sidecars (the backup copy is self-contained)."""
+    """Flag SQLite databases; in a live mode, drop their sidecars.
+
+    backup_api writes a self-contained copy; read_lock copies the -wal itself, under the same read
+    transaction as the database, and only when the copy needs it (see sqlite_read_lock_copy()).
+    """
     by_path = {entry["path"]: entry for entry in entries}
     for entry in entries:
         if entry["type"] == "file" and is_sqlite_file(entry["path"]):
             entry["sqlite"] = sqlite_mode
-    if sqlite_mode != "backup_api":
+    if sqlite_mode not in LIVE_MODES:
         return entries
     dropped = set()
     for entry in entries:
@@ -482,9 +612,10 @@ def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_m
         found, skip = scan_root(index, root, exclude or [])
         entries.extend(found)
         skipped += skip
+    # Space for every scanned file, sidecars included: a live copy may hold the -wal's pages too.
+    needed = sum(_blocks(e.get("size", 0)) + BLOCK for e in entries) + 512 * len(entries) + 2 * BLOCK
     entries = _mark_databases(entries, sqlite_mode)
     totals = _totals(entries)
-    needed = sum(_blocks(e.get("size", 0)) + BLOCK for e in entries) + 512 * len(entries) + 2 * BLOCK
     free = shutil.disk_usage(_existing_ancestor(backup_root)).free
     if needed > free:
         raise NoSpaceError("the snapshot needs %d bytes under %s but only %d are free; nothing was written"
@@ -501,24 +632,37 @@ def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_m
     return Plan(True, result, diff, data)
 
 
+def _wal_entry(entry, size, digest, st):
+    """Manifest entry of the -wal copied beside a database by sqlite_read_lock_copy()."""
+    wal = _entry_for(entry["root"], entry["rel"] + "-wal", entry["path"] + "-wal", st)
+    wal.pop("ino", None)
+    wal.update(size=size, sha256=digest, source_size=wal["size"], sqlite_wal=True)
+    return wal
+
+
 def _copy_entry(entry, dest, sqlite_mode, fsync):
-    """Copy one file into the snapshot; returns the warnings (a file changed under a live snapshot)."""
+    """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries)."""
     if entry.get("sqlite") == "backup_api":
         size, digest = sqlite_backup_and_hash(entry["path"], dest, fsync)
         entry["source_size"] = entry["size"]
         entry.update(size=size, sha256=digest)
-        return []
+        return [], []
+    if entry.get("sqlite") == "read_lock":
+        (size, digest), wal = sqlite_read_lock_copy(entry["path"], dest, fsync)
+        entry["source_size"] = entry["size"]
+        entry.update(size=size, sha256=digest)
+        return [], [_wal_entry(entry, *wal)] if wal else []
     size, digest = copy_and_hash(entry["path"], dest, fsync)
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])
     if moved or size != entry["size"]:
         if sqlite_mode == "copy":
             raise SourceChangedError("%s changed while it was copied: a writer is active; stop it, or take a live "
-                                     "snapshot with O(sqlite_mode=backup_api)" % entry["path"])
+                                     "snapshot with O(sqlite_mode=read_lock) or O(sqlite_mode=backup_api)" % entry["path"])
         entry.update(changed_during_copy=True, size=size, sha256=digest)
-        return [entry["path"]]
+        return [entry["path"]], []
     entry["sha256"] = digest
-    return []
+    return [], []
 
 
 def apply_snapshot(plan, fsync=True, verify=True):
@@ -551,7 +695,11 @@ def apply_snapshot(plan, fsync=True, verify=True):
         with ThreadPoolExecutor(_workers()) as pool:
             outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync),
                                      files))
-        warnings = [w for ws in outcomes for w in ws]
+        warnings = [w for ws, _extra in outcomes for w in ws]
+        extra = {entry["path"]: more for entry, (_ws, more) in zip(files, outcomes) if more}
+        if extra:
+            # The -wal copied with a database goes right after it (same parent, so parents stay first).
+            entries = [e for entry in entries for e in [entry] + extra.get(entry["path"], [])]
         for entry in files:
             entry.pop("ino", None)
         if verify:
@@ -1014,4 +1162,5 @@ def apply_prune(plan):
 __all__ = ["Plan", "SnapshotError", "SourceError", "VolumeError", "NoSpaceError", "SnapshotNotFoundError",
            "ManifestError", "VerifyError", "SourceChangedError", "LockedError", "plan_snapshot", "apply_snapshot",
            "plan_restore", "apply_restore", "plan_verify", "plan_prune", "apply_prune", "copy_and_hash",
+           "sqlite_backup_and_hash", "sqlite_read_lock_copy",
            "resolve_volume", "validate_manifest", "load_manifest", "list_snapshots", "new_snapshot_id"]

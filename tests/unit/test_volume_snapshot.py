@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,7 +16,8 @@ import pytest
 
 from ansible.module_utils.volume_snapshot import (
     LockedError, ManifestError, NoSpaceError, SourceError, VerifyError, apply_prune, apply_restore, apply_snapshot,
-    copy_and_hash, list_snapshots, load_manifest, plan_prune, plan_restore, plan_snapshot, plan_verify)
+    copy_and_hash, list_snapshots, load_manifest, plan_prune, plan_restore, plan_snapshot, plan_verify,
+    sqlite_read_lock_copy)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -144,7 +146,7 @@ def test_copy_and_hash_hashes_the_bytes_written(tmp_path, size):
 # ---------------------------------------------------------------------------------------------- WAL capture
 
 
-@pytest.mark.parametrize("mode", ["copy", "backup_api"], ids=["byte-copy", "backup-api"])
+@pytest.mark.parametrize("mode", ["copy", "backup_api", "read_lock"], ids=["byte-copy", "backup-api", "read-lock"])
 def test_rows_only_in_wal_are_captured(tmp_path, mode):
     data = tmp_path / "data"
     data.mkdir()
@@ -161,6 +163,8 @@ def test_rows_only_in_wal_are_captured(tmp_path, mode):
     names = sorted(e["rel"] for e in manifest["entries"] if e["type"] == "file")
     if mode == "copy":
         assert names == ["zoe.db", "zoe.db-shm", "zoe.db-wal"]
+    elif mode == "read_lock":
+        assert names == ["zoe.db", "zoe.db-wal"]  # the reader needed the -wal; the -shm is never kept
     else:
         assert names == ["zoe.db"]  # self-contained copy; the restore removes stale live sidecars
 
@@ -212,6 +216,212 @@ def test_backup_api_snapshot_with_an_active_writer_is_consistent(tmp_path):
     assert top >= before
     assert count == top + 1  # every transaction up to the cut, none torn
     assert (top + 1) % 10 == 1  # whole transactions of 10 rows only
+
+
+# ---------------------------------------------------------------------------------------------- read_lock (live byte copy)
+
+# Writers and checkpointers run in other processes, as the services do: POSIX locks belong to a process,
+# and a writer in the test's own process would share the snapshot's locks.
+WRITER = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+conn.execute("PRAGMA wal_autocheckpoint=50")
+conn.execute("PRAGMA synchronous=OFF")  # locking is what matters here, not durability
+n = conn.execute("SELECT max(n) FROM tx").fetchone()[0] + 1
+while n < 200000:  # bounded, and paced, so the database stays small whatever the machine's speed
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO tx VALUES (?, randomblob(1000))", [(n + i,) for i in range(10)])
+    conn.execute("UPDATE bulk SET pad = randomblob(1000) WHERE id = ?", (n % 5000,))
+    conn.execute("COMMIT")
+    n += 10
+    time.sleep(0.0005)
+"""
+
+CHECKPOINTER = r"""
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0.05)
+while True:
+    for kind in ("PASSIVE", "RESTART", "TRUNCATE"):
+        try:
+            conn.execute("PRAGMA wal_checkpoint(%s)" % kind).fetchall()
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.003)
+"""
+
+
+def tx_db(path, journal_mode):
+    """Transactions table `tx` (n = 0 first) and a 20 MB `bulk` table, so a copy takes long enough to be overlapped."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=%s" % journal_mode)
+    conn.execute("CREATE TABLE tx (n INTEGER PRIMARY KEY, pad BLOB)")
+    conn.execute("INSERT INTO tx VALUES (0, randomblob(1000))")
+    conn.execute("CREATE TABLE bulk (id INTEGER PRIMARY KEY, pad BLOB)")
+    conn.execute("WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 4999) "
+                 "INSERT INTO bulk SELECT x, randomblob(4000) FROM c")
+    conn.close()
+
+
+def committed(db):
+    """The newest committed transaction, read with a connection closed again before the snapshot starts."""
+    conn = sqlite3.connect(db, timeout=30)
+    try:
+        return conn.execute("SELECT max(n) FROM tx").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def open_stored(stored, scratch):
+    """Open a stored database the way a restore does: the copy plus its stored -wal (if any), no -shm."""
+    os.makedirs(scratch)
+    copy = os.path.join(scratch, "snap.db")
+    shutil.copyfile(stored, copy)
+    if os.path.exists(stored + "-wal"):
+        shutil.copyfile(stored + "-wal", copy + "-wal")
+    return sqlite3.connect(copy)
+
+
+def check_tx_snapshot(conn, before):
+    """integrity_check passes, every transaction up to the cut is whole, and the cut is at or after `before`."""
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    count, top = conn.execute("SELECT count(*), max(n) FROM tx").fetchone()
+    assert top >= before  # every row committed before the snapshot began
+    assert count == top + 1  # no gap: a prefix of the commit history
+    assert top % 10 == 0  # whole transactions of 10 rows only
+    assert conn.execute("SELECT count(*) FROM bulk").fetchone()[0] == 5000
+    return top
+
+
+@pytest.mark.parametrize("journal_mode", ["WAL", "DELETE"], ids=["wal", "rollback-journal"])
+def test_read_lock_snapshot_with_a_live_writer_and_checkpoints_is_consistent(tmp_path, journal_mode):
+    """A writer commits numbered 10-row transactions in another process throughout (WAL: with automatic
+    checkpoints, and a second process running PASSIVE/RESTART/TRUNCATE checkpoints in a loop); every
+    snapshot opens, passes integrity_check and holds a whole prefix that includes every transaction
+    committed before it began. Repeated, so the snapshot meets the -wal in different states."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db = str(data / "live.db")
+    tx_db(db, journal_mode)
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, db])]
+    if journal_mode == "WAL":
+        procs.append(subprocess.Popen([sys.executable, "-c", CHECKPOINTER, db]))
+    kept_wal, tops = 0, []
+    try:
+        while committed(db) < 300:
+            time.sleep(0.02)
+        for rep in range(10):
+            before = committed(db)
+            result = take(tmp_path / ("bk%d" % rep), [data], sqlite_mode="read_lock")
+            assert committed(db) > before  # the writer kept committing around the snapshot
+            assert all(proc.poll() is None for proc in procs)
+            stored = os.path.join(result["snapshot_path"], "files", "0", "live.db")
+            kept_wal += os.path.exists(stored + "-wal")
+            conn = open_stored(stored, str(tmp_path / ("open%d" % rep)))
+            try:
+                tops.append(check_tx_snapshot(conn, before))
+            finally:
+                conn.close()
+            names = sorted(e["rel"] for e in load_manifest(result["snapshot_path"])["entries"] if e["type"] == "file")
+            assert names == sorted(os.listdir(os.path.dirname(stored)))  # the manifest lists what is stored
+            assert plan_verify(str(tmp_path / ("bk%d" % rep)), result["snapshot_id"]).result["verified"]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert tops == sorted(tops)
+    if journal_mode == "DELETE":
+        assert kept_wal == 0
+
+
+def test_read_lock_keeps_the_wal_when_the_reader_needs_it(tmp_path):
+    """Rows only in the -wal when the read transaction began (a read slot >= 1): the -wal is copied and
+    kept although, while the lock is held, another process commits and checkpoints as far as it can and
+    a RESTART checkpoint is refused (busy)."""
+    db = str(tmp_path / "zoe.db")
+    conn = wal_db(db, rows=100, wal_rows=50)
+    conn.close()  # closing checkpoints; put 50 rows back into the -wal only
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.executemany("INSERT INTO items (body) VALUES (?)", [("wal %d" % i,) for i in range(50)])
+    wal_before = open(db + "-wal", "rb").read(32)
+    busy = []
+
+    def meanwhile():
+        out = subprocess.run([sys.executable, "-c", (
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=0.2)\n"
+            "c.executemany('INSERT INTO items (body) VALUES (?)', [('late',)] * 30)\n"
+            "print(c.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone()[0])\n"
+            "print(c.execute('PRAGMA wal_checkpoint(RESTART)').fetchone()[0])\n"), db],
+            capture_output=True, text=True, check=True)
+        busy.extend(int(x) for x in out.stdout.split())
+
+    try:
+        database, wal = sqlite_read_lock_copy(db, str(tmp_path / "copy.db"), _while_locked=meanwhile)
+    finally:
+        conn.close()
+    assert busy[1] == 1  # the RESTART checkpoint could not rewind the -wal under our read transaction
+    assert wal is not None and wal[0] > 0
+    with open(str(tmp_path / "copy.db-wal"), "rb") as handle:
+        assert handle.read(32) == wal_before
+    assert database[1] == hashlib.sha256((tmp_path / "copy.db").read_bytes()).hexdigest()
+    assert wal[1] == hashlib.sha256((tmp_path / "copy.db-wal").read_bytes()).hexdigest()
+    check = open_stored(str(tmp_path / "copy.db"), str(tmp_path / "open"))
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert check.execute("SELECT count(*) FROM items WHERE body != 'late'").fetchone()[0] == 200
+    finally:
+        check.close()
+
+
+def test_read_lock_drops_a_wal_restarted_under_it(tmp_path):
+    """Everything in the -wal already checkpointed when the read transaction began (read slot 0): another
+    process's commit restarts the -wal while the lock is held; the changed header is seen, the -wal copy
+    is dropped, and the database file alone (not written since the BEGIN) holds exactly the rows then."""
+    db = str(tmp_path / "zoe.db")
+    conn = wal_db(db, rows=100, wal_rows=50)
+    assert conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[0] == 0  # all backfilled, -wal kept
+    assert os.path.getsize(db + "-wal") > 0
+
+    def meanwhile():
+        subprocess.run([sys.executable, "-c", (
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=5)\n"
+            "c.executemany('INSERT INTO items (body) VALUES (?)', [('late',)] * 30)\n"), db], check=True)
+
+    header = open(db + "-wal", "rb").read(32)
+    try:
+        database, wal = sqlite_read_lock_copy(db, str(tmp_path / "copy.db"), _while_locked=meanwhile)
+        assert open(db + "-wal", "rb").read(32) != header  # the writer really restarted the -wal
+    finally:
+        conn.close()
+    assert wal is None and not os.path.exists(str(tmp_path / "copy.db-wal"))
+    check = open_stored(str(tmp_path / "copy.db"), str(tmp_path / "open"))
+    try:
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert check.execute("SELECT count(*) FROM items").fetchone()[0] == 150
+    finally:
+        check.close()
+
+
+def test_read_lock_leaves_the_source_database_untouched(data_tree, tmp_path):
+    """No writer: the live database and -wal keep their bytes (read-only connection, no checkpoint)."""
+    paths = [str(data_tree / "zoe.db"), str(data_tree / "zoe.db-wal")]
+    before = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
+    result = take(tmp_path / "bk", [data_tree], sqlite_mode="read_lock")
+    assert [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths] == before
+    manifest = load_manifest(result["snapshot_path"])
+    names = sorted(e["rel"] for e in manifest["entries"] if e["type"] == "file")
+    # Both databases had rows only in their -wal: each -wal is kept, no -shm.
+    assert names == ["notes.txt", "sub/auth.db", "sub/auth.db-wal", "sub/deep/secret.key", "zoe.db", "zoe.db-wal"]
+    apply_restore(plan_restore(str(tmp_path / "bk"), "latest"))
+    assert not os.path.exists(str(data_tree / "zoe.db-shm"))  # a stale -shm never comes back
+    conn = sqlite3.connect(str(data_tree / "zoe.db"))
+    try:
+        assert conn.execute("SELECT count(*) FROM items").fetchone()[0] == 150
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
