@@ -44,6 +44,7 @@ MIN_SQLITE = (3, 33, 0)  # UPDATE ... FROM
 CONTENT_INDEX_COLUMNS = 4
 CONFLICT_SAMPLES = 20
 BACKUP_STEP_PAGES = 4096  # pages per backup step (16 MiB of 4 KiB pages)
+MERGE_CACHE_KIB = 16384   # page cache of the work copy during the merge (SQLite's default is 2000 KiB)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -1227,6 +1228,7 @@ def _start_engine(plan, conn, opts):
     conn.execute("PRAGMA journal_mode = OFF")      # private copy, discarded on error: no journal needed
     conn.execute("PRAGMA synchronous = OFF")
     conn.execute("PRAGMA temp_store = FILE")
+    conn.execute("PRAGMA main.cache_size = %d" % -MERGE_CACHE_KIB)  # bounded: the same for 1M rows or 5M
     for pragma in opts.pragmas:
         conn.execute("PRAGMA %s" % pragma)
     with plan.timings.span("target foreign_key_check"):
