@@ -23,7 +23,7 @@ description:
     O(sqlite_mode=backup_api) (a live snapshot) copies every database through SQLite's online backup API
     in one step, so the copy holds every transaction committed before it began, C(-wal) content included,
     while writers keep running; the copy is self-contained and its sidecars are not kept.
-    O(sqlite_mode=read_lock) (a live snapshot, about twice as fast) opens a read transaction on each
+    O(sqlite_mode=read_lock) (a live snapshot, one read of each byte) opens a read transaction on each
     database and, while it is held, copies the database file and (WAL mode) its C(-wal) byte for byte,
     hashing while copying. The held read lock keeps a rollback-journal database file unchanged and, in
     WAL mode, keeps the C(-wal) from being restarted and limits checkpoints to frames the copy's C(-wal)
