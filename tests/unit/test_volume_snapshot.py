@@ -324,6 +324,8 @@ def test_read_lock_snapshot_with_a_live_writer_and_checkpoints_is_consistent(tmp
             names = sorted(e["rel"] for e in load_manifest(result["snapshot_path"])["entries"] if e["type"] == "file")
             assert names == sorted(os.listdir(os.path.dirname(stored)))  # the manifest lists what is stored
             assert plan_verify(str(tmp_path / ("bk%d" % rep)), result["snapshot_id"]).result["verified"]
+            shutil.rmtree(str(tmp_path / ("bk%d" % rep)))  # keep the test's disk use small
+            shutil.rmtree(str(tmp_path / ("open%d" % rep)))
     finally:
         for proc in procs:
             proc.kill()
