@@ -724,16 +724,30 @@ class _Engine:
             values, joins = self._mapped_select(source_path, shape, shapes, insert_cols, src_rid)
             names = [q(rid) if src_rid and c == src_rid else q(tcol[c]) for c in insert_cols]
             self.phase = "merge: insert new"
+            order = self._insert_order(shape, key, rid)
+            ignore = mode == "key" and self._key_enforced(tshape, key, rid, target)
             try:
-                # LEFT JOIN ... IS NULL rather than NOT EXISTS: same rows, ~8% less CPU per row (bench)
-                self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s LEFT JOIN %s m ON m.srow = s.rowid%s "
-                         "WHERE m.srow IS NULL ORDER BY %s" % (T, ", ".join(names), ", ".join(values), S, M, joins,
-                                                               self._insert_order(shape, key, rid)))
+                if ignore:
+                    # The target's own unique index on the key skips the matched rows: no anti-join per row (20%
+                    # less CPU on the biggest statement, bench). Checked below: exactly the unmatched rows went in.
+                    self.sql("INSERT OR IGNORE INTO %s (%s) SELECT %s FROM %s s%s ORDER BY %s"
+                             % (T, ", ".join(names), ", ".join(values), S, joins, order))
+                else:
+                    # LEFT JOIN ... IS NULL rather than NOT EXISTS: same rows, ~8% less CPU per row (bench)
+                    self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s LEFT JOIN %s m ON m.srow = s.rowid%s "
+                             "WHERE m.srow IS NULL ORDER BY %s" % (T, ", ".join(names), ", ".join(values), S, M, joins,
+                                                                   order))
             except sqlite3.IntegrityError as exc:
                 raise KeyDefinitionError(
                     "%s: new rows of table %s collide with rows of target table %s on a unique column that is not "
                     "the merge key (%s); configure keys for %s" % (source_path, shape.name, target, exc, target))
             counts["inserted"] = self.one("SELECT changes()")
+            unmatched = counts["source_rows"] - counts["identical"] - counts["conflicts"]
+            if ignore and counts["inserted"] != unmatched:
+                raise KeyDefinitionError(
+                    "%s: %d new row(s) of table %s collide with rows of target table %s on a unique column that is "
+                    "not the merge key (or break a NOT NULL/CHECK constraint); configure keys for %s"
+                    % (source_path, unmatched - counts["inserted"], shape.name, target, target))
             self._inserted(target, counts["inserted"])
             self.phase = "merge: conflicts"
             if counts["conflicts"]:
@@ -753,6 +767,21 @@ class _Engine:
         if key and not rid and shape.has_index_on(key):
             return ", ".join("s.%s" % q(shape.actual(c)) for c in key)
         return "s.rowid"
+
+    def _key_enforced(self, tshape, key, rid, target):
+        """True when INSERT OR IGNORE skips exactly the rows whose key is taken: the target's own PRIMARY KEY or
+        UNIQUE index is the key, ids are not remapped, and no trigger (a BEFORE trigger fires for skipped rows too)
+        or ON CONFLICT REPLACE clause (IGNORE would override it) changes what a plain INSERT does."""
+        if rid:
+            return False
+        low = sorted(c.lower() for c in key)
+        if not (tshape.alias and low == [tshape.alias.lower()]) and not any(
+                sorted(c.lower() for c in u) == low for u in tshape.uniques):
+            return False
+        if "REPLACE" in tshape.sql.upper():
+            return False
+        return not self.one("SELECT count(*) FROM main.sqlite_master WHERE type = 'trigger' AND tbl_name = ?",
+                            (target,))
 
     def _match_by_key(self, source_path, shape, tshape, key, S, T, M, cmp_sql):
         if not tshape.has_index_on(key):

@@ -622,3 +622,40 @@ def test_new_rows_in_key_order_or_rowid_order_same_rows(tmp_path):
     # key order when the source's key index gives it (k1 first), the source's rowid order without one (z, a)
     assert rows(t, "SELECT k FROM r ORDER BY rowid") == [("m",), ("k1",), ("k3",), ("k5",), ("k7",), ("k9",)]
     assert rows(t, "SELECT name FROM n ORDER BY rowid") == [("m",), ("z",), ("a",)]
+
+
+# ---------------------------------------------------------------------------------------------- INSERT OR IGNORE on an enforced key
+
+@pytest.mark.parametrize("schema", [
+    "CREATE TABLE r (k TEXT PRIMARY KEY, email TEXT UNIQUE, v INTEGER)",
+    "CREATE TABLE r (id INTEGER PRIMARY KEY, k TEXT UNIQUE, email TEXT UNIQUE, v INTEGER)",
+], ids=["key-is-the-primary-key:insert-or-ignore", "surrogate-id:anti-join"])
+def test_new_row_colliding_on_another_unique_column_is_an_error(tmp_path, schema):
+    with_id = "id INTEGER" in schema
+    row = (lambda i, k, e, v: (i, k, e, v)) if with_id else (lambda i, k, e, v: (k, e, v))
+    t = make_db(tmp_path / "t.db", [schema], {"r": [row(1, "a", "a@x", 1), row(3, "c", "z@x", 3)]})
+    s = make_db(tmp_path / "s.db", [schema], {"r": [row(1, "a", "a@x", 1), row(2, "b", "z@x", 2)]})
+    before = snapshot([t])
+    with pytest.raises(sm.KeyDefinitionError, match="s.db: .*table r collide.*configure keys for r"):
+        sm.merge_databases(t, [s], keys={"r": ["k"]})
+    assert snapshot([t]) == before
+
+
+def test_enforced_key_accounting_matches_the_anti_join(tmp_path):
+    schema = "CREATE TABLE r (k TEXT PRIMARY KEY, v INTEGER)"
+    t = make_db(tmp_path / "t.db", [schema], {"r": [("a", 1), ("b", 2), ("c", 3)]})
+    s = make_db(tmp_path / "s.db", [schema], {"r": [("a", 1), ("b", 20), ("d", 4), (None, 5)]})
+    result = sm.merge_databases(t, [s], on_conflict="keep_source")
+    r = table(result, "s.db", "r")
+    assert (r["source_rows"], r["identical"], r["conflicts"], r["inserted"]) == (4, 1, 1, 2)
+    assert rows(t, "SELECT k, v FROM r ORDER BY v") == [("a", 1), ("c", 3), ("d", 4), (None, 5), ("b", 20)]
+
+
+def test_before_insert_trigger_does_not_fire_for_matched_rows(tmp_path):
+    statements = ["CREATE TABLE r (k TEXT PRIMARY KEY, v INTEGER)", "CREATE TABLE log (k TEXT)"]
+    trigger = "CREATE TRIGGER r_log BEFORE INSERT ON r BEGIN INSERT INTO log VALUES (new.k); END"
+    t = make_db(tmp_path / "t.db", statements + [trigger], {"r": [("a", 1)]})
+    s = make_db(tmp_path / "s.db", statements, {"r": [("a", 1), ("b", 2)]})
+    assert rows(t, "SELECT k FROM log") == [("a",)]   # the target's own insert
+    sm.merge_databases(t, [s])
+    assert rows(t, "SELECT k FROM log") == [("a",), ("b",)]
