@@ -12,6 +12,8 @@ How it works (and why):
   the destination in one transaction: on any error or interruption the target is unchanged. (A single
   ATTACH-everything transaction on the target itself is not possible: SQLite attaches at most 10 databases
   per connection and cannot DETACH inside a transaction, and there are 13 sources on the Zoe host.)
+- The merged copy's integrity_check and foreign_key_check run in background threads beside the backup, whose
+  committing step waits for them: a failed check aborts the backup and SQLite rolls the target back.
 - Every source table ends with source_rows = inserted + identical + conflicts, checked, or the merge fails.
 """
 
