@@ -104,6 +104,22 @@ options:
   workdir:
     description: Directory for the private copies (default is the system temporary directory); it needs room for the target and the sources.
     type: path
+  prepare:
+    description:
+      - Compute the merge now and keep it in O(prepared_dir) instead of writing the target. Nothing else is written.
+      - Run it before the services stop; a later run with the same options and O(prepared_dir) writes the kept result
+        if the target and every source still hold the very bytes the preparation read, and merges from scratch
+        otherwise. The downtime window then holds only the check (sha256 of each file) and the write.
+    type: bool
+    default: false
+  prepared_dir:
+    description:
+      - Directory of a prepared merge (0700, its files 0600, for the merged copy holds password hashes). Not a
+        symlink, not inside the target's directory. It is removed once used or found stale.
+      - Required with O(prepare=true). Without O(prepare), a prepared merge found there is written if it is still
+        exact (RV(prepared=used)), else discarded (RV(prepared=stale)) and the merge runs from scratch. Check mode
+        always plans from scratch and leaves the directory alone.
+    type: path
 notes:
   - Virtual tables and WITHOUT ROWID tables in a source are refused with a clear error.
   - Triggers of a table kept apart under a new name are not copied (their bodies name tables); they are listed.
@@ -166,6 +182,19 @@ schema_changes:
   returned: always
   type: dict
   sample: {tables_created: [events], columns_added: [users.last_login]}
+prepared:
+  description:
+    - What happened with O(prepared_dir). V(none) without it, V(stored) when O(prepare=true) kept a merge,
+      V(used) when a prepared merge was written, V(stale) when one was found out of date and the merge ran from
+      scratch (see RV(prepared_reason)).
+  returned: always
+  type: str
+  sample: used
+prepared_reason:
+  description: Why a prepared merge was not used (a file changed since the preparation, other options, none found).
+  returned: when RV(prepared=stale)
+  type: str
+  sample: /srv/zoe/data/auth.db changed since the merge was prepared
 conflicts:
   description: The conflicts recorded by this run (first 20), both versions with secret values masked.
   returned: always
@@ -178,6 +207,7 @@ conflicts:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sqlite_merge import (CLASH_POLICY_CHOICES, DEFAULT_CONFLICTS_TABLE, DEFAULT_LEDGER_TABLE,
                                                ON_CONFLICT_CHOICES, MergeError, apply_merge, plan_merge)
+from ansible.module_utils.sqlite_merge_prepare import apply_prepared, prepare_merge
 
 
 def main():
@@ -196,13 +226,26 @@ def main():
             conflicts_table=dict(type="str", default=DEFAULT_CONFLICTS_TABLE),
             lock_timeout=dict(type="float", default=5.0),
             workdir=dict(type="path"),
+            prepare=dict(type="bool", default=False),
+            prepared_dir=dict(type="path"),
         ),
-        required_if=[("on_conflict", "newest", ("newest_column",))],
+        required_if=[("on_conflict", "newest", ("newest_column",)), ("prepare", True, ("prepared_dir",))],
         supports_check_mode=True,
     )
     params = dict(module.params)
     target, sources = params.pop("target"), params.pop("sources")
+    prepare, prepared_dir = params.pop("prepare"), params.pop("prepared_dir")
     try:
+        if prepared_dir and not module.check_mode:
+            if prepare:
+                result, changed, diff = prepare_merge(target, sources, prepared_dir, **params)
+                module.exit_json(changed=changed, prepared="stored" if changed else "none", **result)
+            result, diff = apply_prepared(target, sources, prepared_dir, **params)
+            if result is not None:
+                if module._diff:
+                    result["diff"] = [diff]
+                module.exit_json(changed=True, prepared="used", **result)
+            stale = diff
         with plan_merge(target, sources, **params) as plan:
             if plan.changed and not module.check_mode:
                 apply_merge(plan)
@@ -211,6 +254,10 @@ def main():
                 result["diff"] = [plan.diff()]
     except MergeError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
+    if prepared_dir and not module.check_mode:
+        result.update(prepared="stale", prepared_reason=stale)
+    else:
+        result["prepared"] = "none"
     module.exit_json(changed=plan.changed, **result)
 
 
