@@ -1080,9 +1080,81 @@ def validate_plan(plan, validate="auto"):
     return " ".join(os.path.basename(part) for part in tool)
 
 
-def apply_compose_env(module, plan, backup=False):
+STAGED_SUFFIX = ".zoe-staged"
+
+
+def staged_path(path):
+    """Where the edited text of `path` is staged: a hidden file beside it (same filesystem, so a rename installs it)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, "." + name + STAGED_SUFFIX)
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def staged_ready(plan):
+    """Paths of the changed files whose staged copy holds exactly the edited text (validated when it was staged).
+
+    A staged copy is a regular file (not a symlink) owned like its original; anything else does not count.
+    """
+    ready = set()
+    for item in plan.files:
+        staged = staged_path(item.path)
+        if not item.changed or os.path.islink(staged) or not os.path.isfile(staged):
+            continue
+        if os.stat(staged).st_uid != os.stat(item.path).st_uid:
+            continue
+        if _read_bytes(staged) == item.after.encode("utf-8"):
+            ready.add(item.path)
+    return ready
+
+
+def discard_staged(plan, keep=()):
+    """Remove the staged copies of the plan's files except `keep` (stale ones from an earlier run)."""
+    for item in plan.files:
+        staged = staged_path(item.path)
+        if item.path not in keep and (os.path.isfile(staged) or os.path.islink(staged)):
+            os.unlink(staged)
+
+
+def stage_compose_env(plan):
+    """Write the edited text of every changed file to its staged path, with the original's mode and owner.
+
+    The originals are not touched; a later run with the same options installs the staged copies by renaming them
+    (no second validation: these are the bytes that passed it). Returns the staged paths.
+    """
+    staged = []
+    discard_staged(plan)
+    for item in plan.files:
+        if not item.changed:
+            continue
+        info = os.stat(item.path)
+        handle, tmp = tempfile.mkstemp(prefix=".compose_env.", dir=os.path.dirname(os.path.abspath(item.path)))
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(item.after.encode("utf-8"))
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, info.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.chown(tmp, info.st_uid, info.st_gid)
+            os.replace(tmp, staged_path(item.path))
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        staged.append(staged_path(item.path))
+    return staged
+
+
+def apply_compose_env(module, plan, backup=False, ready=()):
     """Write every changed file: optional backup, temp file in the same directory, atomic move.
 
+    A file in `ready` (see staged_ready) is installed by moving its staged copy into place instead.
     Env files first, the compose file last, so a failure leaves the compose file as it was.
     Returns {path: backup_file or None}.
     """
@@ -1091,6 +1163,9 @@ def apply_compose_env(module, plan, backup=False):
         if not item.changed:
             continue
         backups[item.path] = module.backup_local(item.path) if backup else None
+        if item.path in ready:
+            module.atomic_move(staged_path(item.path), item.path)
+            continue
         handle, tmp = tempfile.mkstemp(prefix=".compose_env.", dir=os.path.dirname(os.path.abspath(item.path)))
         try:
             with os.fdopen(handle, "wb") as out:
@@ -1099,4 +1174,5 @@ def apply_compose_env(module, plan, backup=False):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    discard_staged(plan)
     return backups

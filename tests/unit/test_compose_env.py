@@ -409,6 +409,55 @@ def test_module_quartet(host):
 
 
 @pytest.mark.slow
+def test_module_stage_then_install(host):
+    """stage=true writes validated copies and leaves the originals; the next run renames them into place."""
+    path, env = str(host / "docker-compose.yml"), str(host / ".env")
+    args = {"path": path, "rewrite": MAPPING, "follow_env_files": True}
+    os.chmod(path, 0o640)
+    os.chmod(env, 0o600)
+    digests = {name: digest(str(host / name)) for name in ("docker-compose.yml", ".env")}
+
+    check = run_module("compose_env", dict(args, stage=True), "--check")
+    assert check["changed"] is True and check["staged"] == []
+    assert sorted(os.listdir(host)) == [".env", "docker-compose.yml"]
+
+    staged = run_module("compose_env", dict(args, stage=True))
+    assert staged["changed"] is True and sorted(staged["staged"]) == sorted(
+        [str(host / ".docker-compose.yml.zoe-staged"), str(host / "..env.zoe-staged")])
+    assert {name: digest(str(host / name)) for name in digests} == digests
+    assert os.stat(staged["staged"][0]).st_mode & 0o777 in (0o640, 0o600)
+    for original, copy in ((path, str(host / ".docker-compose.yml.zoe-staged")), (env, str(host / "..env.zoe-staged"))):
+        assert os.stat(copy).st_mode & 0o777 == os.stat(original).st_mode & 0o777
+    inode = os.stat(str(host / ".docker-compose.yml.zoe-staged")).st_ino
+
+    real = run_module("compose_env", args)
+    assert real["changed"] is True and real["validated_with"] == "staged"
+    assert real["changed_services"] == ["mem-agent", "zoe-auth", "zoe-core", "zoe-mcp-server"]
+    assert os.stat(path).st_ino == inode, "the staged copy was not the one installed"
+    with open(path) as handle:
+        assert handle.read() == expected_compose()
+    assert os.stat(path).st_mode & 0o777 == 0o640 and os.stat(env).st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(host)) == [".env", "docker-compose.yml"]
+    assert run_module("compose_env", args)["changed"] is False
+
+
+@pytest.mark.slow
+def test_module_stale_staged_copy_is_not_installed(host):
+    """A staged copy that is not the edit of the file as it is now is removed, and the file edited afresh."""
+    path = str(host / "docker-compose.yml")
+    args = {"path": path, "rewrite": MAPPING}
+    run_module("compose_env", dict(args, stage=True))
+    copy = str(host / ".docker-compose.yml.zoe-staged")
+    with open(copy, "a") as handle:
+        handle.write("  tampered: {image: evil}\n")
+    real = run_module("compose_env", args)
+    assert real["changed"] is True and real["validated_with"] != "staged"
+    with open(path) as handle:
+        assert handle.read() == expected_compose()
+    assert not os.path.exists(copy)
+
+
+@pytest.mark.slow
 def test_module_fails_cleanly_on_invalid_yaml(tmp_path):
     path = tmp_path / "docker-compose.yml"
     path.write_text("services:\n  a:\n\timage: auth.db\n")
