@@ -70,6 +70,10 @@ def test_run_consolidates_the_host(host):
                                                        + report["merge"]["totals"]["identical"]
                                                        + report["merge"]["totals"]["conflicts"])
     assert os.path.exists(reports(host)[-1][:-5] + ".md")
+    # the merge and the compose/env edits were prepared before the stop and installed in the window, leaving nothing
+    assert report["merge"]["prepared"] == "used", report["merge"].get("prepared_reason")
+    assert not glob.glob(os.path.join(host.root, ".*.zoe-staged"))
+    assert not os.path.exists(os.path.join(host.backups, "prepared-merge"))
     host.after_run_digest = host.digest()
 
 

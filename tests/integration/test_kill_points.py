@@ -36,11 +36,13 @@ USERS = ("testuser", "admin", "user", "system")
 KILL_ALL = os.environ.get("ZOE_KILL_ALL") == "1"
 SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", "/tmp/zoe-kill-points.json")
 
-# The sample of the test command: one kill before the lock, at the lock, and at each step of the downtime
-# window where a different part of the host has changed (services stopped, rollback point written, databases
+# The sample of the test command: one kill before the lock, at the lock, at the merge prepared and the edits
+# staged before the stop (left behind half-made), and at each step of the downtime window where a different part of the host has changed (services stopped, rollback point written, databases
 # moved, compose rewritten, services starting), and one after the restart. ZOE_KILL_SAMPLE=wide adds more.
 SAMPLE = (
     "preflight : Take the run lock",
+    "consolidate : Prepare the merge while the services still run",
+    "rewrite : Stage the compose and env files",
     "stop_services : Stop the services that write",
     "consolidate : Move the merged databases",
     "rewrite : Point compose and env files",
@@ -105,14 +107,14 @@ def zoe_counts(host):
             for name in tables}
 
 
-def run_streaming(host, kill_at=None, delay=0.0):
+def run_streaming(host, kill_at=None, delay=0.0, extra=()):
     """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL its process group at header N.
 
     Returns (headers seen, returncode, stdout); run_streaming.times holds each header's time since the start.
     """
     started = time.monotonic()
     run_streaming.times = []
-    proc = subprocess.Popen(playbook_cmd(host, "consolidate.yml"), cwd=REPO, env=play_env(), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(playbook_cmd(host, "consolidate.yml", *extra), cwd=REPO, env=play_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     headers, lines = [], []
     try:
@@ -284,16 +286,18 @@ def merge_host(images, tmp_path_factory):
 
 
 def test_a_kill_in_the_middle_of_the_merge_is_survived(merge_host):
+    """The merge from scratch in the window (the fallback when the prepared merge is stale): killed half-way."""
     host = merge_host
     runs_before = set()
-    headers, code, out = run_streaming(host)
+    unprepared = ("-e", "consolidate_prepare_merge=false")
+    headers, code, out = run_streaming(host, extra=unprepared)
     assert code == 0, out[-5000:]
     counts = zoe_counts(host)
     index = headers.index(next(h for h in headers if h.startswith(MERGE_TASK))) + 1
     merge_seconds = run_streaming.times[index] - run_streaming.times[index - 1]
     assert merge_seconds > 1.0, "the merge took %.2f s: raise ZOE_KILL_MERGE_SCALE" % merge_seconds
     rebuild(host)
-    seen, code, out = run_streaming(host, kill_at=index, delay=0.3)
+    seen, code, out = run_streaming(host, kill_at=index, delay=0.3, extra=unprepared)
     assert len(seen) == index
     assert host.data_files() != ["memory.db", "zoe.db"], "the databases were retired before the kill"
     assert not host.query("zoe.db", "SELECT name FROM sqlite_master WHERE name = '_zoe_merge_ledger'"), \
