@@ -329,3 +329,27 @@ def test_a_snapshot_manifest_tampered_with_dotdot_is_refused(host, consolidated)
     assert "manifest entry '../../planted.db' escapes the snapshotted path %s/data" % host.root in out
     assert not os.path.exists(planted)
     assert host.digest() == before and host.containers() == containers
+
+
+def test_a_snapshot_manifest_with_a_root_outside_the_zoe_root_is_refused(host, consolidated):
+    assert consolidated.returncode == 0, consolidated.stdout[-3000:]
+    snapshots = [os.path.join(host.backups, d) for d in os.listdir(host.backups) if d[:1].isdigit()]
+    latest = max(snapshots, key=lambda d: json.load(open(os.path.join(d, "manifest.json")))["created_ns"])
+    before, containers = host.digest(), host.containers()
+    elsewhere = os.path.join(os.path.dirname(host.root), "elsewhere")
+
+    def move_data_root(manifest):
+        index = next(i for i, r in enumerate(manifest["roots"]) if r["path"].endswith("/data"))
+        manifest["roots"][index]["path"] = elsewhere
+        for entry in manifest["entries"]:
+            if entry["root"] == index:
+                entry["path"] = os.path.normpath(os.path.join(elsewhere, entry["rel"]))
+
+    with saved(os.path.join(latest, "manifest.json"), os.path.join(latest, "manifest.json.sha256")):
+        tamper(latest, move_data_root)
+        result = host.playbook("rollback.yml")
+    assert result.returncode != 0
+    out = flat(result.stdout)
+    assert "would restore paths outside %s: %s" % (host.root, elsewhere) in out, out[-3000:]
+    assert not os.path.exists(elsewhere)
+    assert host.digest() == before and host.containers() == containers

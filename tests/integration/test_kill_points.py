@@ -1,4 +1,4 @@
-"""consolidate.yml killed (SIGKILL, whole process group) at task boundaries, then recovered by the operator's rule.
+"""consolidate.yml killed (SIGKILL of ansible-playbook and every descendant, the running module included) at task boundaries, then recovered by the operator's rule.
 
 The operator's rule after a killed run: rerun consolidate.yml; if it refuses, run rollback.yml (to the killed run's
 rollback point when it was taken). A kill point is survived when either
@@ -65,7 +65,7 @@ if os.environ.get("ZOE_KILL_SAMPLE") == "wide":
 EXPECTED_RECOVERY = {}
 
 MERGE_TASK = "consolidate : Merge the fold databases"
-MERGE_SCALE = int(os.environ.get("ZOE_KILL_MERGE_SCALE", "30"))
+MERGE_SCALE = int(os.environ.get("ZOE_KILL_MERGE_SCALE", "60"))
 
 
 # -- the host and the reference run -------------------------------------------------------------------
@@ -107,8 +107,52 @@ def zoe_counts(host):
             for name in tables}
 
 
+def _children():
+    """{ppid: [pid]} of every process, from /proc."""
+    tree = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            tree.setdefault(int(fields[1]), []).append(int(name))
+    return tree
+
+
+def kill_tree(pid):
+    """SIGKILL a process and every descendant, as a power cut would.
+
+    Ansible's workers call setsid(), so killing the playbook's process group leaves the running module alive to
+    finish its task; a kill point has to stop that module too. The tree is frozen (SIGSTOP) until no new process
+    appears, then killed at once, so nothing is reparented away and nothing runs on after the kill.
+    """
+    frozen = set()
+    while True:
+        tree, todo, found = _children(), [pid], set()
+        while todo:
+            current = todo.pop()
+            found.add(current)
+            todo.extend(tree.get(current, []))
+        new = found - frozen
+        if not new:
+            break
+        for victim in new:
+            try:
+                os.kill(victim, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= new
+    for victim in frozen:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def run_streaming(host, kill_at=None, delay=0.0, extra=()):
-    """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL its process group at header N.
+    """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL it and every descendant at header N.
 
     Returns (headers seen, returncode, stdout); run_streaming.times holds each header's time since the start.
     """
@@ -126,7 +170,7 @@ def run_streaming(host, kill_at=None, delay=0.0, extra=()):
                 if kill_at is not None and len(headers) == kill_at:
                     if delay:
                         time.sleep(delay)
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    kill_tree(proc.pid)
                     break
         proc.wait(timeout=900)
     finally:
