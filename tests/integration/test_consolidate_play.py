@@ -49,6 +49,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(host):
     assert "inserted" in out and "identical" in out and "conflicts" in out
     report = json.load(open(reports(host)[-1]))
     assert report["check_mode"] is True and report["outcome"] == "dry run"
+    assert report["downtime_seconds"] == 0, "a dry run stops nothing: no downtime to report"
 
 
 def test_run_consolidates_the_host(host):
