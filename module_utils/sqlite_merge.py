@@ -1378,6 +1378,28 @@ def _conflict_samples(conn, opts, now):
     return out
 
 
+def backup_into(merged_path, target, lock_timeout, pages=-1, progress=None):
+    """Write the database at `merged_path` into `target` in one transaction (SQLite online backup).
+
+    BEGIN IMMEDIATE first: a writer holding the target makes this wait up to `lock_timeout` seconds and then
+    fail with DatabaseLockedError, before a page is copied. An error or an exception raised by `progress`
+    aborts the backup, and SQLite rolls the target's transaction back: its content stays byte for byte.
+    """
+    merged = sqlite3.connect(merged_path)
+    try:
+        dest = sqlite3.connect(target, timeout=lock_timeout, isolation_level=None)
+        try:
+            dest.execute("BEGIN IMMEDIATE")
+            dest.execute("ROLLBACK")
+            merged.backup(dest, pages=pages, progress=progress)
+        except sqlite3.DatabaseError as exc:
+            raise _translate(exc, target)
+        finally:
+            dest.close()
+    finally:
+        merged.close()
+
+
 def apply_merge(plan):
     """Write the planned result into the target in one transaction (SQLite online backup). Returns the result.
 
@@ -1392,25 +1414,19 @@ def apply_merge(plan):
         raise TargetChangedError("%s: target changed since the merge was planned; run again" % target)
     merged = sqlite3.connect(plan.merged_copy)
     try:
-        if merged.execute("PRAGMA page_count").fetchone()[0] <= BACKUP_STEP_PAGES:
-            plan.verified()  # the first step would copy everything and commit at once
-
-        def before_commit(status, remaining, total):
-            if remaining <= BACKUP_STEP_PAGES:
-                plan.verified()  # the next step copies the rest and commits
-
-        dest = sqlite3.connect(target, timeout=plan.options.lock_timeout, isolation_level=None)
-        try:
-            with plan.timings.span("apply: backup"):
-                dest.execute("BEGIN IMMEDIATE")
-                dest.execute("ROLLBACK")
-                merged.backup(dest, pages=BACKUP_STEP_PAGES, progress=before_commit)
-        except sqlite3.DatabaseError as exc:
-            raise _translate(exc, target)
-        finally:
-            dest.close()
+        pages = merged.execute("PRAGMA page_count").fetchone()[0]
     finally:
         merged.close()
+    if pages <= BACKUP_STEP_PAGES:
+        plan.verified()  # the first step would copy everything and commit at once
+
+    def before_commit(status, remaining, total):
+        if remaining <= BACKUP_STEP_PAGES:
+            plan.verified()  # the next step copies the rest and commits
+
+    with plan.timings.span("apply: backup"):
+        backup_into(plan.merged_copy, target, plan.options.lock_timeout, pages=BACKUP_STEP_PAGES,
+                    progress=before_commit)
     return plan.result()
 
 

@@ -27,10 +27,9 @@ import hashlib
 import json
 import os
 import shutil
-import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible.module_utils.sqlite_merge import (MergeError, TargetChangedError, _stat_key, _translate, _validate_target,
+from ansible.module_utils.sqlite_merge import (MergeError, TargetChangedError, _stat_key, _validate_target, backup_into,
                                                file_digest, plan_merge)
 
 BASIS_NAME = "basis.json"
@@ -167,19 +166,7 @@ def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
     basis = _load_basis(prepared_dir)
     if _stat_key(target) != before:
         raise TargetChangedError("%s: target changed while the prepared merge was checked; run again" % target)
-    merged = sqlite3.connect("file:%s?mode=ro" % os.path.join(prepared_dir, COPY_NAME), uri=True)
-    try:
-        dest = sqlite3.connect(target, timeout=lock_timeout, isolation_level=None)
-        try:
-            dest.execute("BEGIN IMMEDIATE")
-            dest.execute("ROLLBACK")
-            merged.backup(dest)
-        except sqlite3.DatabaseError as exc:
-            raise _translate(exc, target)
-        finally:
-            dest.close()
-    finally:
-        merged.close()
+    backup_into(os.path.join(prepared_dir, COPY_NAME), target, lock_timeout)
     discard_prepared(prepared_dir)
     return basis["result"], basis["diff"]
 
