@@ -281,6 +281,16 @@ def open_stored(stored, scratch):
     return sqlite3.connect(copy)
 
 
+def stored_rows(tmp_path, sql):
+    """Open `copy.db` (and its -wal) in tmp_path as a restore would; integrity_check passes; the count `sql` gives."""
+    conn = open_stored(str(tmp_path / "copy.db"), str(tmp_path / "open"))
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def check_tx_snapshot(conn, before):
     """integrity_check passes, every transaction up to the cut is whole, and the cut is at or after `before`."""
     assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -368,12 +378,7 @@ def test_read_lock_keeps_the_wal_when_the_reader_needs_it(tmp_path):
         assert handle.read(32) == wal_before
     assert database[1] == hashlib.sha256((tmp_path / "copy.db").read_bytes()).hexdigest()
     assert wal[1] == hashlib.sha256((tmp_path / "copy.db-wal").read_bytes()).hexdigest()
-    check = open_stored(str(tmp_path / "copy.db"), str(tmp_path / "open"))
-    try:
-        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert check.execute("SELECT count(*) FROM items WHERE body != 'late'").fetchone()[0] == 200
-    finally:
-        check.close()
+    assert stored_rows(tmp_path, "SELECT count(*) FROM items WHERE body != 'late'") == 200
 
 
 def test_read_lock_drops_a_wal_restarted_under_it(tmp_path):
@@ -398,12 +403,7 @@ def test_read_lock_drops_a_wal_restarted_under_it(tmp_path):
     finally:
         conn.close()
     assert wal is None and not os.path.exists(str(tmp_path / "copy.db-wal"))
-    check = open_stored(str(tmp_path / "copy.db"), str(tmp_path / "open"))
-    try:
-        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert check.execute("SELECT count(*) FROM items").fetchone()[0] == 150
-    finally:
-        check.close()
+    assert stored_rows(tmp_path, "SELECT count(*) FROM items") == 150
 
 
 def test_read_lock_leaves_the_source_database_untouched(data_tree, tmp_path):
