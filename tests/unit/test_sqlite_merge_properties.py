@@ -180,3 +180,24 @@ def test_children_follow_their_parent_through_new_and_matched_ids(target, source
             assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         finally:
             conn.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(KINDS), target=st.lists(row, max_size=8),
+       sources=st.lists(st.lists(row, max_size=8), min_size=1, max_size=3))
+def test_on_conflict_fail_leaves_the_target_byte_for_byte(kind, target, sources):
+    """on_conflict=fail: the merge either finds no conflict or raises ConflictError with the target's bytes unchanged
+    (no partial merge of the sources before the conflicting one)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = build(os.path.join(tmp, "t.db"), kind, target)
+        paths = [build(os.path.join(tmp, "s%d.db" % i), kind, rows_) for i, rows_ in enumerate(sources)]
+        with open(t, "rb") as handle:
+            before = handle.read()
+        try:
+            result = sm.merge_databases(t, paths, on_conflict="fail")
+        except sm.ConflictError:
+            with open(t, "rb") as handle:
+                assert handle.read() == before
+            assert not os.path.exists(t + "-journal")
+        else:
+            assert result["totals"]["conflicts"] == 0
