@@ -26,8 +26,6 @@ description:
   - When a compose tool is installed (C(docker compose) or C(docker-compose)), the edited file is checked
     with C(config -q) on a private temporary copy before the original is replaced, in check mode too.
   - Values that look like secrets are masked in the diff, the changes list and messages.
-version_added: "1.0.0"
-author: zoe-consolidate
 options:
   path:
     description: The compose file or env file to edit.
@@ -115,16 +113,10 @@ options:
     default: false
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
   idempotent:
     description: A second run with the same options finds nothing to change and reports changed=false.
-    support: full
     details: >-
       Rewrites whose new value would itself be rewritten are refused, so a rerun never changes the file again.
 notes:

@@ -17,21 +17,12 @@ description:
     by hand, one-off C(compose run) containers, containers of other projects or of services no longer in
     the compose files.
   - An unreachable Docker engine is reported (RV(docker_reachable)=false with RV(docker_error)), not a failure.
-version_added: "1.0.0"
-author:
-  - zoe-consolidate
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe.read_only
 attributes:
   check_mode:
-    support: full
     details: Read-only; runs unchanged in check mode so a dry run plans against the real containers.
-  diff_mode:
-    support: none
-    details: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    details: Always returns changed=false.
 options:
   project_dir:
     description: Directory of the compose project (where its compose file and C(.env) live).

@@ -25,8 +25,6 @@ description:
     O(respect_gitignore), symbolic links, binary files (a NUL byte in the first 8 KiB) and files larger
     than O(max_file_size). Skipped files are listed in RV(skipped_files).
   - Diffs and messages are masked for values that look like secrets.
-version_added: "1.0.0"
-author: zoe-consolidate
 options:
   root:
     description: The tree to walk (the Zoe checkout).
@@ -82,16 +80,10 @@ options:
     default: 2097152
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe
 attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: posix
   idempotent:
     description: A second rewrite with the same mapping finds nothing to change and reports changed=false.
-    support: full
     details: >-
       A mapping whose new name is itself a mapped name is refused, so a rerun never changes a file again.
 notes:

@@ -17,20 +17,15 @@ description:
     RV(stale_lock_recovered); a live one makes the task fail with one sentence that names the run holding it.
   - O(state=absent) removes the lock of O(run_id); a missing lock is nothing to do; another run's lock is
     refused unless O(force=true).
-version_added: "1.0.0"
-author:
-  - zoe-consolidate
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe
 attributes:
   check_mode:
-    support: full
     details: Reports what would happen (take, keep, recover, release, refuse) and writes nothing.
   diff_mode:
-    support: full
     details: The lock file's content before and after.
   idempotent:
-    support: full
     details: Taking a lock this run already holds, or releasing a lock that is gone, reports changed=false.
 options:
   path:

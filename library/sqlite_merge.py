@@ -26,22 +26,15 @@ description:
   - A ledger table in the target records every merged source (path, sha256, counts, time); sources already in
     it are skipped, and missing sources that are in it (retired) are not an error.
   - Needs SQLite 3.33 or later on the managed host.
-version_added: "1.0.0"
-author:
-  - zoe-consolidate
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe
 attributes:
   check_mode:
-    support: full
     details: Check mode runs the whole merge on a private copy and returns its exact accounting; the target is not written.
   diff_mode:
-    support: full
     details: The diff is a per-table summary (rows inserted, identical, conflicts, remaps, schema changes), secrets masked.
-  platform:
-    platforms: posix
   idempotent:
-    support: full
     details: A second run with the same sources finds them in the ledger and reports no change.
 options:
   target:

@@ -42,19 +42,14 @@ description:
   - V(absent) removes the snapshots beyond the O(keep) newest (never the newest, never one locked by a
     running restore or marked with a C(.in-use*) file), or the one named by O(snapshot).
   - Output holds counts, byte totals and paths, never file contents.
-version_added: "1.0.0"
-author: zoe-consolidate
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe
 attributes:
   check_mode:
-    support: full
     details: Reports what would be copied, restored or removed, with counts and bytes; writes nothing.
   diff_mode:
-    support: full
     details: A summary per snapshot, or the list of paths a restore would write, fix or remove.
-  platform:
-    platforms: posix
   idempotent:
     description: Whether the action has the same result when run again.
     support: partial

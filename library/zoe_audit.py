@@ -17,21 +17,12 @@ description:
     and its C(-shm) are never touched (not even their mtime) and committed WAL content is counted.
   - Reports integrity, row counts, the merge ledger of the primary database, the size of O(data_dir) and
     the free space where the backup will go. Never changes anything.
-version_added: "1.0.0"
-author:
-  - zoe-consolidate
 extends_documentation_fragment:
   - action_common_attributes
+  - zoe.read_only
 attributes:
   check_mode:
-    support: full
     details: Read-only; runs unchanged in check mode so a dry run plans against the real state.
-  diff_mode:
-    support: none
-    details: Nothing is changed, so there is no diff.
-  idempotent:
-    support: full
-    details: Always returns changed=false.
 options:
   root:
     description: The Zoe checkout on the host; every file below it is examined.

@@ -6,6 +6,7 @@ test does the part of it that matters here: names, types, defaults, choices, ele
 
 import glob
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -74,13 +75,28 @@ def test_documentation_matches_argument_spec(name):
     assert doc["module"] == name
     compare(doc.get("options", {}), captured["argument_spec"], name)
     assert captured["kwargs"].get("supports_check_mode") is True
-    assert "action_common_attributes" in doc.get("extends_documentation_fragment", [])
-    assert {"check_mode", "diff_mode"} <= set(doc.get("attributes", {}))
+    fragments = doc.get("extends_documentation_fragment", [])
+    assert "action_common_attributes" in fragments and {"zoe", "zoe.read_only"} & set(fragments)
     returns = yaml.safe_load(module.RETURN)
     assert isinstance(returns, dict) and returns, "RETURN is empty"
     for key, value in returns.items():
         assert {"description", "returned", "type"} <= set(value), "RETURN.%s incomplete" % key
     assert yaml.safe_load(module.EXAMPLES)
+
+
+@pytest.mark.parametrize("name", MODULES, ids=MODULES)
+def test_attributes_with_the_fragments(name):
+    """The attributes ansible-doc shows once plugins/doc_fragments/zoe.py (found through ansible.cfg) is merged in."""
+    result = subprocess.run([ANSIBLE_DOC, "-M", os.path.join(REPO, "library"), "-t", "module", "--json", name],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)[name]["doc"]
+    assert doc["version_added"] == "1.0.0" and doc["author"] == ["zoe-consolidate"]
+    attributes = doc["attributes"]
+    assert attributes["check_mode"]["support"] == "full" and attributes["check_mode"]["description"]
+    assert attributes["diff_mode"]["support"] in ("full", "none") and attributes["diff_mode"]["description"]
+    assert attributes["idempotent"]["support"] in ("full", "partial") and attributes["idempotent"]["details"]
+    assert attributes["platform"]["platforms"] == "posix"
 
 
 @pytest.mark.parametrize("name", MODULES, ids=MODULES)
