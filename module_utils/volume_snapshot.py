@@ -51,7 +51,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 from ansible.module_utils.zoe_sqlite import consistent_copy, integrity_errors, is_sqlite_file, quote_identifier
-from ansible.module_utils.zoe_sqlite import table_names
+from ansible.module_utils.zoe_sqlite import nearest_existing, table_names
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -344,15 +344,6 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-def _existing_ancestor(path):
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
-
-
 def _blocks(size):
     return (size + BLOCK - 1) // BLOCK * BLOCK
 
@@ -616,7 +607,7 @@ def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_m
     needed = sum(_blocks(e.get("size", 0)) + BLOCK for e in entries) + 512 * len(entries) + 2 * BLOCK
     entries = _mark_databases(entries, sqlite_mode)
     totals = _totals(entries)
-    free = shutil.disk_usage(_existing_ancestor(backup_root)).free
+    free = shutil.disk_usage(nearest_existing(backup_root)).free
     if needed > free:
         raise NoSpaceError("the snapshot needs %d bytes under %s but only %d are free; nothing was written"
                            % (needed, backup_root, free))
@@ -983,7 +974,7 @@ def apply_restore(plan, fsync=True, verify=True):
             key = _staging_dir(root)
             free_needed[key] = free_needed.get(key, 0) + _blocks(entry["size"])
         for key, needed in free_needed.items():
-            probe = _existing_ancestor(key)
+            probe = nearest_existing(key)
             if shutil.disk_usage(probe).free < needed + BLOCK:
                 raise NoSpaceError("restoring needs %d bytes of staging space under %s; nothing was restored"
                                    % (needed, key))

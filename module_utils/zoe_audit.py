@@ -23,7 +23,7 @@ import sqlite3
 import tempfile
 
 from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, foreign_key_errors, integrity_errors, is_sqlite_file,
-                                             quote_identifier, table_names)
+                                             nearest_existing, quote_identifier, table_names)
 
 DEFAULT_LEDGER_TABLE = "_zoe_merge_ledger"
 DEFAULT_PRIMARY = "zoe.db"
@@ -218,17 +218,6 @@ def directory_bytes(path):
             if os.path.isfile(full) and not os.path.islink(full):
                 total += os.path.getsize(full)
     return total
-
-
-def nearest_existing(path):
-    """`path` or its nearest existing parent (the backup root may not exist before the first snapshot)."""
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    return path
 
 
 def free_bytes(path):

@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-# Shared SQLite helpers of the zoe-consolidate modules. Standard library only (runs on the managed host).
+# Shared SQLite and path helpers of the zoe-consolidate modules. Standard library only (runs on the managed host).
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def is_sqlite_file(path):
 def sidecars(path):
     """The -wal, -shm and -journal files that belong to a database, those that exist."""
     return [path + suffix for suffix in ("-wal", "-shm", "-journal") if os.path.exists(path + suffix)]
+
+
+def nearest_existing(path):
+    """`path` or its nearest existing parent (the backup root may not exist before the first snapshot)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
 
 
 def consistent_copy(path, workdir=None):
