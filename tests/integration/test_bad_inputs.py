@@ -336,7 +336,8 @@ def test_a_snapshot_manifest_with_a_root_outside_the_zoe_root_is_refused(host, c
     snapshots = [os.path.join(host.backups, d) for d in os.listdir(host.backups) if d[:1].isdigit()]
     latest = max(snapshots, key=lambda d: json.load(open(os.path.join(d, "manifest.json")))["created_ns"])
     before, containers = host.digest(), host.containers()
-    elsewhere = os.path.join(os.path.dirname(host.root), "elsewhere")
+    # A sibling whose name starts with the root's, as the backups dir does: refused only if the check ends at a "/".
+    elsewhere = host.root + "-elsewhere"
 
     def move_data_root(manifest):
         index = next(i for i, r in enumerate(manifest["roots"]) if r["path"].endswith("/data"))
