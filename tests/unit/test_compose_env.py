@@ -16,7 +16,8 @@ import yaml
 
 from ansible.module_utils.db_references import name_pattern
 from ansible.module_utils.compose_env import (
-    OptionError, ParseError, ValidationError, parse_compose, parse_env, plan_compose_env, validate_plan)
+    OptionError, ParseError, ValidationError, parse_compose, parse_env, plan_compose_env, stage_compose_env,
+    staged_ready, validate_plan)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "compose")
@@ -439,6 +440,37 @@ def test_module_stage_then_install(host):
     assert os.stat(path).st_mode & 0o777 == 0o640 and os.stat(env).st_mode & 0o777 == 0o600
     assert sorted(os.listdir(host)) == [".env", "docker-compose.yml"]
     assert run_module("compose_env", args)["changed"] is False
+
+
+def _symlink_to_exact_copy(copy):
+    os.rename(copy, copy + ".real")
+    os.symlink(copy + ".real", copy)
+
+
+def _owned_by_nobody(copy):
+    os.chown(copy, 65534, -1)
+
+
+def _one_byte_more(copy):
+    with open(copy, "a") as handle:
+        handle.write("\n")
+
+
+@pytest.mark.parametrize("spoil, ready", [
+    (None, True),
+    (_symlink_to_exact_copy, False),
+    pytest.param(_owned_by_nobody, False, marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")),
+    (_one_byte_more, False),
+], ids=["exact-copy", "symlink-to-exact-copy", "other-owner", "one-byte-more"])
+def test_only_an_exact_regular_staged_copy_owned_like_the_original_is_installed(host, spoil, ready):
+    """staged_ready() accepts a staged copy only if it is a regular file, owned like the original and holding exactly
+    the edit: a symlink (even to the right bytes) or another owner's file is never renamed over a compose file."""
+    path = str(host / "docker-compose.yml")
+    plan = plan_compose_env(path, rewrite=MAPPING)
+    (copy,) = stage_compose_env(plan)
+    if spoil:
+        spoil(copy)
+    assert staged_ready(plan) == ({path} if ready else set())
 
 
 @pytest.mark.slow
