@@ -201,3 +201,46 @@ def test_on_conflict_fail_leaves_the_target_byte_for_byte(kind, target, sources)
             assert not os.path.exists(t + "-journal")
         else:
             assert result["totals"]["conflicts"] == 0
+
+
+versioned = st.lists(st.tuples(st.sampled_from(["k1", "k2", "k3"]), st.integers(0, 3),
+                               st.sampled_from(["2024-01-01", "2024-06-01", "2025-01-01", None])), max_size=4)
+
+
+def build_versioned(path, rows_):
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, a INTEGER, updated_at TEXT)")
+    conn.executemany("INSERT OR IGNORE INTO t VALUES (?, ?, ?)", rows_)
+    conn.commit()
+    conn.close()
+    return path
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(target=versioned, sources=st.lists(versioned, min_size=1, max_size=3))
+def test_newest_keeps_the_latest_version_of_every_key(target, sources):
+    """on_conflict=newest: per key the target ends with a version whose updated_at is the latest of all versions
+    seen (NULL oldest, ties keep the row already there), and every version that lost is in the conflicts table."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = build_versioned(os.path.join(tmp, "t.db"), target)
+        paths = [build_versioned(os.path.join(tmp, "s%d.db" % i), rows_) for i, rows_ in enumerate(sources)]
+        versions = {}
+        for path in [t] + paths:
+            conn = sqlite3.connect(path)
+            for k, a, at in conn.execute("SELECT k, a, updated_at FROM t"):
+                versions.setdefault(k, set()).add((a, at))
+            conn.close()
+        sm.merge_databases(t, paths, on_conflict="newest", newest_column="updated_at")
+        conn = sqlite3.connect(t)
+        final = {k: (a, at) for k, a, at in conn.execute("SELECT k, a, updated_at FROM t")}
+        conn.close()
+        recorded = set()
+        for s, tr in recorded_conflicts(t):
+            recorded.add((s["k"], s["a"], s["updated_at"]))
+            recorded.add((tr["k"], tr["a"], tr["updated_at"]))
+        assert set(final) == set(versions)
+        for k, seen in versions.items():
+            latest = max((at for _, at in seen if at is not None), default=None)
+            assert final[k][1] == latest, "key %s ends at %r, latest seen %r" % (k, final[k][1], latest)
+            for a, at in seen:
+                assert (a, at) == final[k] or (k, a, at) in recorded, "version %r of %s lost" % ((a, at), k)
