@@ -43,22 +43,35 @@ def build(path, kind, rows_):
     return path
 
 
-def count(path):
+def query(path, sql):
     conn = sqlite3.connect(path)
     try:
-        return conn.execute("SELECT count(*) FROM t").fetchone()[0]
+        return conn.execute(sql).fetchall()
     finally:
         conn.close()
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(KINDS), target=st.lists(row, max_size=8),
-       sources=st.lists(st.lists(row, max_size=8), min_size=1, max_size=3),
-       policy=st.sampled_from(["keep_target", "keep_source"]))
+def count(path):
+    return query(path, "SELECT count(*) FROM t")[0][0]
+
+
+def databases(tmp, build_one, target, sources):
+    """t.db and s0.db, s1.db, ... in `tmp`, each made by build_one(path, rows)."""
+    return (build_one(os.path.join(tmp, "t.db"), target),
+            [build_one(os.path.join(tmp, "s%d.db" % i), rows_) for i, rows_ in enumerate(sources)])
+
+
+EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+tables = st.lists(row, max_size=8)
+KIND, TARGET, SOURCES = st.sampled_from(KINDS), tables, st.lists(tables, min_size=1, max_size=3)
+POLICY = st.sampled_from(["keep_target", "keep_source"])
+
+
+@EXAMPLES
+@given(kind=KIND, target=TARGET, sources=SOURCES, policy=POLICY)
 def test_accounting_holds_and_second_merge_changes_nothing(kind, target, sources, policy):
     with tempfile.TemporaryDirectory() as tmp:
-        t = build(os.path.join(tmp, "t.db"), kind, target)
-        paths = [build(os.path.join(tmp, "s%d.db" % i), kind, rows_) for i, rows_ in enumerate(sources)]
+        t, paths = databases(tmp, lambda path, rows_: build(path, kind, rows_), target, sources)
         before = count(t)
         result = sm.merge_databases(t, paths, on_conflict=policy)
         for src in result["sources"]:
@@ -75,35 +88,24 @@ def test_accounting_holds_and_second_merge_changes_nothing(kind, target, sources
 
 
 def rows_of(path, cols):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT %s FROM t" % ", ".join(cols)).fetchall()
-    finally:
-        conn.close()
+    return query(path, "SELECT %s FROM t" % ", ".join(cols))
 
 
 def recorded_conflicts(path):
     """(source_row, target_row) dicts of every conflict the merge recorded in the target."""
-    conn = sqlite3.connect(path)
-    try:
-        return [(json.loads(s), json.loads(t)) for s, t in conn.execute(
-            "SELECT source_row, target_row FROM %s" % sm.DEFAULT_CONFLICTS_TABLE)]
-    finally:
-        conn.close()
+    return [(json.loads(s), json.loads(t))
+            for s, t in query(path, "SELECT source_row, target_row FROM %s" % sm.DEFAULT_CONFLICTS_TABLE)]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(KINDS), target=st.lists(row, max_size=8),
-       sources=st.lists(st.lists(row, max_size=8), min_size=1, max_size=3),
-       policy=st.sampled_from(["keep_target", "keep_source"]))
+@EXAMPLES
+@given(kind=KIND, target=TARGET, sources=SOURCES, policy=POLICY)
 def test_nothing_is_lost(kind, target, sources, policy):
     """Row by row, not by counts: every source row's content is in the merged target or recorded as a conflict,
     and every row the target had keeps its id and content, unless the source won a recorded conflict."""
     content = ["k", "a", "b"]
     has_id = kind in ("natural", "surrogate")
     with tempfile.TemporaryDirectory() as tmp:
-        t = build(os.path.join(tmp, "t.db"), kind, target)
-        paths = [build(os.path.join(tmp, "s%d.db" % i), kind, rows_) for i, rows_ in enumerate(sources)]
+        t, paths = databases(tmp, lambda path, rows_: build(path, kind, rows_), target, sources)
         before = rows_of(t, (["id"] if has_id else []) + content)
         sm.merge_databases(t, paths, on_conflict=policy)
         after_rows = rows_of(t, (["id"] if has_id else []) + content)
@@ -152,22 +154,17 @@ def build_family(path, fam):
 
 
 def children_by_parent_key(path):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT c.id, c.v, p.k FROM child c LEFT JOIN parent p ON p.id = c.parent_id").fetchall()
-    finally:
-        conn.close()
+    return query(path, "SELECT c.id, c.v, p.k FROM child c LEFT JOIN parent p ON p.id = c.parent_id")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@EXAMPLES
 @given(target=family, sources=st.lists(family, min_size=1, max_size=3))
 def test_children_follow_their_parent_through_new_and_matched_ids(target, sources):
     """Parents matched by their natural key or moved to a new id take their children along: every source child
     is in the target under the parent with the same key, the target's own children keep their ids and parents,
     and foreign_key_check stays clean."""
     with tempfile.TemporaryDirectory() as tmp:
-        t = build_family(os.path.join(tmp, "t.db"), target)
-        paths = [build_family(os.path.join(tmp, "s%d.db" % i), fam) for i, fam in enumerate(sources)]
+        t, paths = databases(tmp, build_family, target, sources)
         before = children_by_parent_key(t)
         sm.merge_databases(t, paths, keys={"parent": ["k"]})
         after = children_by_parent_key(t)
@@ -175,22 +172,16 @@ def test_children_follow_their_parent_through_new_and_matched_ids(target, source
         for path in paths:
             for _, v, k in children_by_parent_key(path):
                 assert (v, k) in {(a_v, a_k) for _, a_v, a_k in after}, "child %r of %s lost its parent" % ((v, k), path)
-        conn = sqlite3.connect(t)
-        try:
-            assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
-        finally:
-            conn.close()
+        assert query(t, "PRAGMA foreign_key_check") == []
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(kind=st.sampled_from(KINDS), target=st.lists(row, max_size=8),
-       sources=st.lists(st.lists(row, max_size=8), min_size=1, max_size=3))
+@settings(EXAMPLES, max_examples=40)
+@given(kind=KIND, target=TARGET, sources=SOURCES)
 def test_on_conflict_fail_leaves_the_target_byte_for_byte(kind, target, sources):
     """on_conflict=fail: the merge either finds no conflict or raises ConflictError with the target's bytes unchanged
     (no partial merge of the sources before the conflicting one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        t = build(os.path.join(tmp, "t.db"), kind, target)
-        paths = [build(os.path.join(tmp, "s%d.db" % i), kind, rows_) for i, rows_ in enumerate(sources)]
+        t, paths = databases(tmp, lambda path, rows_: build(path, kind, rows_), target, sources)
         with open(t, "rb") as handle:
             before = handle.read()
         try:
@@ -216,24 +207,19 @@ def build_versioned(path, rows_):
     return path
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(EXAMPLES, max_examples=50)
 @given(target=versioned, sources=st.lists(versioned, min_size=1, max_size=3))
 def test_newest_keeps_the_latest_version_of_every_key(target, sources):
     """on_conflict=newest: per key the target ends with a version whose updated_at is the latest of all versions
     seen (NULL oldest, ties keep the row already there), and every version that lost is in the conflicts table."""
     with tempfile.TemporaryDirectory() as tmp:
-        t = build_versioned(os.path.join(tmp, "t.db"), target)
-        paths = [build_versioned(os.path.join(tmp, "s%d.db" % i), rows_) for i, rows_ in enumerate(sources)]
+        t, paths = databases(tmp, build_versioned, target, sources)
         versions = {}
         for path in [t] + paths:
-            conn = sqlite3.connect(path)
-            for k, a, at in conn.execute("SELECT k, a, updated_at FROM t"):
+            for k, a, at in rows_of(path, ["k", "a", "updated_at"]):
                 versions.setdefault(k, set()).add((a, at))
-            conn.close()
         sm.merge_databases(t, paths, on_conflict="newest", newest_column="updated_at")
-        conn = sqlite3.connect(t)
-        final = {k: (a, at) for k, a, at in conn.execute("SELECT k, a, updated_at FROM t")}
-        conn.close()
+        final = {k: (a, at) for k, a, at in rows_of(t, ["k", "a", "updated_at"])}
         recorded = set()
         for s, tr in recorded_conflicts(t):
             recorded.add((s["k"], s["a"], s["updated_at"]))
