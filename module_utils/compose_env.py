@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -1097,6 +1098,23 @@ def _read_bytes(path):
         return None
 
 
+@contextlib.contextmanager
+def _written_beside(path, data, fsync=False):
+    """A temporary file in `path`'s directory (same filesystem: a rename installs it) holding `data`; removed on exit
+    unless the caller moved it away."""
+    handle, tmp = tempfile.mkstemp(prefix=".compose_env.", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        yield tmp
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def staged_ready(plan):
     """Paths of the changed files whose staged copy holds exactly the edited text (validated when it was staged).
 
@@ -1134,19 +1152,11 @@ def stage_compose_env(plan):
         if not item.changed:
             continue
         info = os.stat(item.path)
-        handle, tmp = tempfile.mkstemp(prefix=".compose_env.", dir=os.path.dirname(os.path.abspath(item.path)))
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(item.after.encode("utf-8"))
-                out.flush()
-                os.fsync(out.fileno())
+        with _written_beside(item.path, item.after.encode("utf-8"), fsync=True) as tmp:
             os.chmod(tmp, info.st_mode & 0o7777)
             if os.geteuid() == 0:
                 os.chown(tmp, info.st_uid, info.st_gid)
             os.replace(tmp, staged_path(item.path))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         staged.append(staged_path(item.path))
     return staged
 
@@ -1166,13 +1176,7 @@ def apply_compose_env(module, plan, backup=False, ready=()):
         if item.path in ready:
             module.atomic_move(staged_path(item.path), item.path)
             continue
-        handle, tmp = tempfile.mkstemp(prefix=".compose_env.", dir=os.path.dirname(os.path.abspath(item.path)))
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(item.after.encode("utf-8"))
+        with _written_beside(item.path, item.after.encode("utf-8")) as tmp:
             module.atomic_move(tmp, item.path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     discard_staged(plan)
     return backups
