@@ -124,30 +124,30 @@ def _load_basis(prepared_dir):
     return basis if isinstance(basis, dict) and basis.get("version") == BASIS_VERSION else None
 
 
-def stale_reason(prepared_dir, target, sources, options):
-    """Why the prepared merge in prepared_dir cannot be written now, or None when it matches the files exactly."""
+def exact_basis(prepared_dir, target, sources, options):
+    """(basis, None) when the prepared merge in prepared_dir matches the files exactly, else (None, why not)."""
     if not prepared_dir or not os.path.isdir(prepared_dir):
-        return "no prepared merge"
+        return None, "no prepared merge"
     basis = _load_basis(prepared_dir)
     if basis is None:
-        return "no readable basis"
+        return None, "no readable basis"
     if basis["options_digest"] != options_digest(target, sources, options):
-        return "the target, sources or options differ from the preparation's"
-    copy = os.path.join(prepared_dir, COPY_NAME)
-    checks = [("the target", [target], basis["target_digest"]), ("the prepared copy", [copy], basis["copy_digest"])]
+        return None, "the target, sources or options differ from the preparation's"
+    checks = [("the target", target, basis["target_digest"]),
+              ("the prepared copy", os.path.join(prepared_dir, COPY_NAME), basis["copy_digest"])]
     for src in basis["sources"]:
         if src["status"] == "retired":
             if os.path.exists(src["path"]):
-                return "%s was retired at preparation and exists now" % src["path"]
+                return None, "%s was retired at preparation and exists now" % src["path"]
         else:
-            checks.append((src["path"], [src["path"]], src["digest"]))
+            checks.append((src["path"], src["path"], src["digest"]))
     # sha256 releases the GIL: two files at a time, as long as the window is short.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = list(pool.map(lambda c: file_digest([c[1][0], c[1][0] + "-wal"]), checks))
+        digests = list(pool.map(lambda check: file_digest([check[1], check[1] + "-wal"]), checks))
     for (name, _, expected), actual in zip(checks, digests):
         if expected is None or actual != expected:
-            return "%s changed since the merge was prepared" % name
-    return None
+            return None, "%s changed since the merge was prepared" % name
+    return basis, None
 
 
 def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
@@ -159,11 +159,10 @@ def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
     target = os.path.realpath(target)
     _validate_target(target)
     before = _stat_key(target)
-    reason = stale_reason(prepared_dir, target, sources, options)
-    if reason is not None:
+    basis, reason = exact_basis(prepared_dir, target, sources, options)
+    if basis is None:
         discard_prepared(prepared_dir)
         return None, reason
-    basis = _load_basis(prepared_dir)
     if _stat_key(target) != before:
         raise TargetChangedError("%s: target changed while the prepared merge was checked; run again" % target)
     backup_into(os.path.join(prepared_dir, COPY_NAME), target, lock_timeout)
@@ -171,5 +170,5 @@ def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
     return basis["result"], basis["diff"]
 
 
-__all__ = ["PreparedDirError", "apply_prepared", "discard_prepared", "options_digest", "prepare_merge",
-           "stale_reason"]
+__all__ = ["PreparedDirError", "apply_prepared", "discard_prepared", "exact_basis", "options_digest",
+           "prepare_merge"]
