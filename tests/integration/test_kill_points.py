@@ -1,4 +1,5 @@
-"""consolidate.yml killed (SIGKILL of ansible-playbook and every descendant, the running module included) at task boundaries, then recovered by the operator's rule.
+"""consolidate.yml killed (SIGKILL of ansible-playbook and every descendant, the running module included) at task
+boundaries, then recovered by the operator's rule.
 
 The operator's rule after a killed run: rerun consolidate.yml; if it refuses, run rollback.yml (to the killed run's
 rollback point when it was taken). A kill point is survived when either
@@ -37,8 +38,9 @@ KILL_ALL = os.environ.get("ZOE_KILL_ALL") == "1"
 SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", "/tmp/zoe-kill-points.json")
 
 # The sample of the test command: one kill before the lock, at the lock, at the merge prepared and the edits
-# staged before the stop (left behind half-made), and at each step of the downtime window where a different part of the host has changed (services stopped, rollback point written, databases
-# moved, compose rewritten, services starting), and one after the restart. ZOE_KILL_SAMPLE=wide adds more.
+# staged before the stop (left behind half-made), and at each step of the downtime window where a different part
+# of the host has changed (services stopped, rollback point written, databases moved, compose rewritten, services
+# starting), and one after the restart. ZOE_KILL_SAMPLE=wide adds more.
 SAMPLE = (
     "preflight : Take the run lock",
     "consolidate : Prepare the merge while the services still run",
