@@ -47,7 +47,6 @@ CONTENT_INDEX_COLUMNS = 4
 CONFLICT_SAMPLES = 20
 BACKUP_STEP_PAGES = 4096  # pages per backup step (16 MiB of 4 KiB pages)
 MERGE_CACHE_KIB = 16384   # page cache of the work copy during the merge (SQLite's default is 2000 KiB)
-BACKUP_CACHE_KIB = 16384  # page cache of the target during the backup: with 2000 KiB it spilled all the time (2x CPU)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -1390,7 +1389,6 @@ def backup_into(merged_path, target, lock_timeout, pages=-1, progress=None):
     try:
         dest = sqlite3.connect(target, timeout=lock_timeout, isolation_level=None)
         try:
-            dest.execute("PRAGMA cache_size = %d" % -BACKUP_CACHE_KIB)
             dest.execute("BEGIN IMMEDIATE")
             dest.execute("ROLLBACK")
             merged.backup(dest, pages=pages, progress=progress)

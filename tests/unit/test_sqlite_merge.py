@@ -535,8 +535,7 @@ def _dangling_source(tmp_path):
 
 def test_failed_result_check_aborts_the_backup_and_leaves_the_target(tmp_path, monkeypatch):
     t, s = _dangling_source(tmp_path)
-    monkeypatch.setattr(sm, "BACKUP_STEP_PAGES", 64)   # ~700 pages: many steps,
-    monkeypatch.setattr(sm, "BACKUP_CACHE_KIB", 256)   # more than the target's page cache: pages reach its file
+    monkeypatch.setattr(sm, "BACKUP_STEP_PAGES", 64)   # ~700 pages: many steps, more than the 2 MiB page cache
     digest, before = _sha256(t), os.stat(t).st_mtime_ns
     with sm.plan_merge(t, [s]) as plan:
         assert plan.changed                                # the plan itself does not wait for the checks
