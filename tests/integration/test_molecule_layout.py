@@ -43,7 +43,7 @@ def test_scenario_uses_the_shared_pieces_and_stays_offline(scenario):
     directory = os.path.join(MOLECULE, scenario)
     config = load(os.path.join(directory, "molecule.yml"))
     playbooks = config["ansible"]["playbooks"]
-    assert playbooks["create"] == "../shared/create.yml" and playbooks["destroy"] == "../shared/destroy.yml"
+    assert playbooks["create"] == "../common/create.yml" and playbooks["destroy"] == "../common/destroy.yml"
     assert config["ansible"]["env"]["ANSIBLE_CONFIG"] == "${MOLECULE_PROJECT_DIRECTORY}/ansible.cfg"
     assert config["prerun"] is False and config["dependency"]["enabled"] is False
     sequence = config["scenario"]["test_sequence"]
@@ -55,7 +55,7 @@ def test_scenario_uses_the_shared_pieces_and_stays_offline(scenario):
 
 
 def test_zoe_facts_come_from_the_default_inventory():
-    link = os.path.join(MOLECULE, "shared", "inventory", "group_vars", "zoe_hosts.yml")
+    link = os.path.join(MOLECULE, "common", "inventory", "group_vars", "zoe_hosts.yml")
     assert os.path.islink(link)
     assert os.path.realpath(link) == os.path.realpath(os.path.join(REPO, "inventory", "demo", "group_vars", "zoe_hosts.yml"))
 
