@@ -29,6 +29,28 @@ def docker_available():
     return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
+def compose_cli():
+    """The compose CLI as an argv prefix: `docker compose` (v2) when the plugin answers, else `docker-compose` (v1)."""
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+@pytest.fixture(scope="session")
+def compose_tool():
+    """A compose CLI is required, not optional: without one the test fails instead of skipping.
+
+    `compose config` needs no engine, so these tests belong to the fast loop; tools/bootstrap.sh installs
+    Debian's docker-compose when neither `docker compose` nor `docker-compose` is present.
+    """
+    tool = compose_cli()
+    if tool is None:
+        pytest.fail("neither `docker compose` (v2) nor `docker-compose` (v1) is installed; run tools/bootstrap.sh")
+    return tool
+
+
 @pytest.fixture(scope="session")
 def repo_root():
     return REPO

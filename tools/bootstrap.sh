@@ -20,15 +20,23 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   echo "$want" > "$stamp"
 fi
 
+apt_install() {
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 command -v docker >/dev/null || { log "docker is not installed"; exit 1; }
 docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable"; exit 1; }
+# The tests need a compose CLI (they fail without one). Debian bookworm packages only v1 (docker-compose
+# 1.29.2-3); the code supports v2 (`docker compose`) as well and uses it when the plugin is installed.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
+  log "installing docker-compose ${ZOE_DOCKER_COMPOSE_VERSION:=1.29.2-3} (no compose CLI found)"
+  apt_install "docker-compose=$ZOE_DOCKER_COMPOSE_VERSION"
+fi
 if ! docker image inspect "${ZOE_BASE_IMAGE:-zoe-consolidate/base:bookworm}" >/dev/null 2>&1 \
    && ! command -v debootstrap >/dev/null; then
   log "installing debootstrap (needed once, to build the base image)"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
-  fi
+  apt_install debootstrap
 fi
 bash "$repo/tools/images/build.sh"

@@ -127,15 +127,13 @@ def test_plan_writes_nothing(host):
     assert after == before
 
 
-@pytest.mark.skipif(not (shutil.which("docker-compose") or shutil.which("docker")), reason="no compose tool")
-def test_rewritten_file_passes_compose_config(host):
+def test_rewritten_file_passes_compose_config(host, compose_tool):
     path = str(host / "docker-compose.yml")
     plan = plan_compose_env(path, rewrite=MAPPING)
     assert validate_plan(plan, "always") in ("docker-compose", "docker compose")
     with open(path, "w") as handle:
         handle.write(plan.files[0].after)
-    tool = ["docker-compose"] if shutil.which("docker-compose") else ["docker", "compose"]
-    result = subprocess.run(tool + ["-f", path, "config", "-q"], capture_output=True, text=True, cwd=str(host))
+    result = subprocess.run(compose_tool + ["-f", path, "config", "-q"], capture_output=True, text=True, cwd=str(host))
     assert result.returncode == 0, result.stderr
 
 
@@ -306,7 +304,7 @@ def test_invalid_yaml_is_refused(tmp_path, text, words):
     assert path.read_text() == text
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
+@pytest.mark.usefixtures("compose_tool")
 def test_compose_tool_rejection_names_the_original(tmp_path):
     path = tmp_path / "docker-compose.yml"
     path.write_text("services:\n  a:\n    image: x\n    bogus_option: 1\n    environment:\n      - DB=auth.db\n")
@@ -315,7 +313,7 @@ def test_compose_tool_rejection_names_the_original(tmp_path):
         validate_plan(plan, "always")
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")
+@pytest.mark.usefixtures("compose_tool")
 def test_compose_tool_rejects_a_bad_edit(tmp_path):
     path = tmp_path / "docker-compose.yml"
     path.write_text("services:\n  a:\n    image: x\n    volumes:\n      - ./auth.db:/x\n")
