@@ -740,6 +740,7 @@ def test_quartet_present_restored_absent_through_ansible(data_tree, tmp_path):
 # ---------------------------------------------------------------------------------------------- docker volume
 
 
+@pytest.mark.docker
 def test_named_docker_volume_snapshot_and_restore(docker_engine, tmp_path):
     name = "zoe-test-%s" % uuid.uuid4().hex[:10]
     subprocess.run(["docker", "volume", "create", name], check=True, capture_output=True)
