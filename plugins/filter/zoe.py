@@ -1,6 +1,37 @@
 """Filters of the zoe-consolidate playbooks (controller side)."""
 
+import yaml
 from ansible.errors import AnsibleFilterError
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with compose's key rules: a key may override one a merge (`<<: *anchor`) brought in,
+    as the YAML merge-key spec allows, but the same key written twice in one mapping is an error.
+
+    Ansible's own YAML loader counts an override of a merged key as a duplicate, which is why the compose file
+    is not read with `from_yaml`.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_scalar(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            "found duplicate key %r" % key, key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def zoe_compose_load(text):
+    """The data of a compose file's text: merge keys resolved, overrides of merged keys allowed, duplicates refused."""
+    try:
+        return yaml.load(text, Loader=_ComposeLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise AnsibleFilterError("the compose file is not valid YAML: %s" % exc)
 
 
 def _depends(service):
@@ -83,4 +114,5 @@ class FilterModule:
                 "zoe_rewrite_map": zoe_rewrite_map, "zoe_pick": zoe_pick,
                 "zoe_compose_argv": zoe_compose_argv,
                 "zoe_not_ready": zoe_not_ready,
-                "zoe_find_names": zoe_find_names}
+                "zoe_find_names": zoe_find_names,
+                "zoe_compose_load": zoe_compose_load}
