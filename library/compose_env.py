@@ -11,21 +11,30 @@ module: compose_env
 short_description: Set, remove and rewrite environment values in compose files and env files, byte-exact
 description:
   - Edits a docker-compose file or an env file in place and changes nothing but the values concerned.
-    Comments, commented-out services, key order, quoting style, indentation, blank lines, anchors and
-    C(${VAR:-default}) expressions stay byte for byte as they were; C(${...}) is never expanded.
-  - The file is not re-emitted by a YAML library. A scanner written for the YAML subset of compose files
-    (standard library only, so the module runs on a bare system python3) locates every scalar with its
-    line, columns, quoting style and path, and each change is spliced into the original text in the
-    scalar's own quoting style. YAML it does not understand, tab indentation and unbalanced quotes or
-    brackets are refused with a message naming the line, and the file is left untouched.
+    Comments, commented-out services, key order, quoting style, indentation, line endings, a byte-order mark,
+    anchors and C(${VAR:-default}) expressions stay byte for byte as they were; C(${...}) is never expanded.
+  - The edit is planned on the controller by the C(compose_env) action plugin with PyYAML. It reads the file from
+    the host, locates every value by the parser's node marks and splices the new text into the original bytes. The
+    services an edit reaches are computed through anchors, aliases and C(<<) merge keys, so RV(changed_services)
+    holds every service whose effective configuration changes and no other.
+  - This module, on the host, receives only the sha256 of the bytes the controller read, the new bytes and the
+    validation to run. It refuses a file that changed since it was read, validates, and stages or installs the new
+    bytes with one atomic rename that keeps the mode and owner (standard library only).
+  - Refused with one sentence, nothing written - several YAML documents in one file, a duplicate key in a mapping
+    the edit touches, an alias or merge key whose edit would change a value another service must keep (named), tabs
+    where YAML forbids them, an edited file that C(config -q) rejects when the original passes it.
   - O(rewrite) replaces value fragments everywhere a retired database can still be named (environment,
     healthcheck, command, entrypoint, volumes, labels, ...), not only in C(environment), because a
     healthcheck that opens a retired path re-creates an empty database and a bind mount of a missing
     file makes Docker create a directory in its place. Fragments match on file-name boundaries, so
     C(auth.db) does not match C(oauth.db) or C(auth.db.bak). Mapping keys are never rewritten.
-  - When a compose tool is installed (C(docker compose) or C(docker-compose)), the edited file is checked
-    with C(config -q) on a private temporary copy before the original is replaced, in check mode too.
-  - Values that look like secrets are masked in the diff, the changes list and messages.
+  - "Validation: the edited file must parse to the original tree with exactly the planned values changed. Where the
+    compose tool (C(docker compose) or C(docker-compose)) passes C(config -q) on the original, it must pass it on the
+    edited file too (checked on a private temporary copy, in check mode too); an original it rejects, for example
+    one whose C(build:) context directories are missing, is rewritten on the parse check alone."
+  - In env files every value that is not being edited is masked in the diff and the results; in compose files every
+    environment value that is not being edited; credentials in URLs always. The new bytes travel as a no_log option
+    and no result carries file content.
 options:
   path:
     description: The compose file or env file to edit.
@@ -51,9 +60,8 @@ options:
       - >-
         Variables to set, name -> value. An existing entry is updated in its own form (list C(- KEY=value)
         or map C(KEY: value)) and quoting style.
-      - In a compose file a variable missing from a service named in O(services) is appended to that
-        service's environment (created in the file's usual form when the service has none). Without
-        O(services) only existing entries are updated, and a variable found nowhere is an error.
+      - In a compose file the variable must already be in the environment of every service named in O(services)
+        (or of some service without O(services)); adding one is left to a person.
       - In an env file a missing variable is appended as C(KEY=value).
     type: dict
     default: {}
@@ -111,6 +119,29 @@ options:
         takes the validation out of the downtime window.
     type: bool
     default: false
+  planned:
+    description:
+      - Set by the action plugin, not in playbooks. One entry per file the plan looked at.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path:
+        description: The file.
+        type: path
+        required: true
+      kind:
+        description: compose or env.
+        type: str
+        choices: [compose, env]
+        required: true
+      sha256:
+        description: The sha256 of the bytes the plan was computed on; a file that differs is refused.
+        type: str
+        required: true
+      content:
+        description: The new bytes, base64; null when the file does not change.
+        type: str
 extends_documentation_fragment:
   - action_common_attributes
   - zoe
@@ -120,10 +151,9 @@ attributes:
     details: >-
       Rewrites whose new value would itself be rewritten are refused, so a rerun never changes the file again.
 notes:
-  - Runs on the managed host with the standard library only; no YAML library is needed there.
-  - An environment section added to a service that takes its keys from a merge key (C(<<)) would hide
-    the merged environment, so that case is refused.
-  - Anchors defined outside C(services) are only edited when O(services) is not given.
+  - The host needs only python3 (standard library); PyYAML runs on the controller.
+  - Values in C(x-) extension blocks and other anchors are edited where every service that uses them wants the
+    edit; with O(services), a value shared with a service not named there is refused rather than changed.
 """
 
 EXAMPLES = r"""
@@ -164,15 +194,15 @@ file_type:
   type: str
   sample: compose
 changes:
-  description: One entry per changed value, secrets masked.
+  description: One entry per changed value (a value shared through an alias is one entry), secrets masked.
   returned: always
   type: list
   elements: dict
   sample:
-    - {file: /opt/zoe/docker-compose.yml, line: 42, service: zoe-auth, section: environment,
+    - {file: /opt/zoe/docker-compose.yml, line: 42, service: zoe-auth, services: [zoe-auth], section: environment,
        key: DATABASE_PATH, before: /app/data/auth.db, after: /app/data/zoe.db}
 changed_services:
-  description: Services with at least one changed value.
+  description: Every service whose effective configuration changes (through aliases and merge keys too).
   returned: always
   type: list
   elements: str
@@ -189,7 +219,7 @@ files:
   type: list
   elements: dict
   sample:
-    - {path: /opt/zoe/docker-compose.yml, kind: compose, changed: true, changes: 5, backup_file: null}
+    - {path: /opt/zoe/docker-compose.yml, kind: compose, changed: true, backup_file: null}
 backup_file:
   description: The backup of O(path), when O(backup) made one.
   returned: changed and backup requested
@@ -203,17 +233,25 @@ staged:
   sample: [/opt/zoe/.docker-compose.yml.zoe-staged]
 validated_with:
   description:
-    - The compose tool that validated the edited file, V(staged) when a staged copy validated earlier was installed,
-      or null when not validated.
+    - The compose tool whose C(config -q) passed on the edited file, V(staged) when a staged copy validated earlier
+      was installed, or null when only the parse check ran (see RV(validation_skipped)).
   returned: always
   type: str
   sample: docker-compose
+validation_skipped:
+  description: Why C(config -q) did not run on the edited compose file (no tool, or the original already fails it).
+  returned: always
+  type: str
+  sample: "/opt/zoe/docker-compose.yml already fails `docker-compose config -q` before the edit: build path ..."
 """
+
+import base64
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.compose_env import (
-    SCOPES, ComposeEnvError, apply_compose_env, discard_staged, plan_compose_env, stage_compose_env, staged_ready,
-    validate_plan)
+    ComposeEnvError, PlannedFile, check_unchanged, discard_staged, install, stage, staged_ready, validate)
+
+SCOPES = ["environment", "healthcheck", "command", "entrypoint", "volumes", "labels", "env_file", "other", "all"]
 
 
 def main():
@@ -226,49 +264,47 @@ def main():
             unset=dict(type="list", elements="str", default=[]),
             rewrite=dict(type="dict", default={}),
             keys=dict(type="list", elements="str", default=[]),
-            scope=dict(type="list", elements="str", choices=list(SCOPES), default=["all"]),
+            scope=dict(type="list", elements="str", choices=SCOPES, default=["all"]),
             follow_env_files=dict(type="bool", default=False),
             backup=dict(type="bool", default=False),
             validate=dict(type="str", choices=["auto", "always", "never"], default="auto"),
             stage=dict(type="bool", default=False),
+            planned=dict(type="list", elements="dict", default=[], options=dict(
+                path=dict(type="path", required=True),
+                kind=dict(type="str", choices=["compose", "env"], required=True),
+                sha256=dict(type="str", required=True),
+                content=dict(type="str", no_log=True),
+            )),
         ),
         supports_check_mode=True,
     )
     params = module.params
-    staged = []
+    if not params["planned"]:
+        module.fail_json(msg="compose_env plans its edit on the controller: run it as a task (its action plugin), "
+                             "not as a bare module")
+    files = [PlannedFile(item["path"], item["kind"], item["sha256"],
+                         None if item["content"] is None else base64.b64decode(item["content"]))
+             for item in params["planned"]]
+    staged, backups = [], {}
     try:
-        plan = plan_compose_env(
-            params["path"], services=params["services"], set_vars=params["set"], unset=params["unset"],
-            rewrite=params["rewrite"], keys=params["keys"], scope=params["scope"],
-            follow_env_files=params["follow_env_files"], file_type=params["file_type"])
-        ready = set() if params["stage"] else staged_ready(plan)
-        validated = "staged" if plan.files[0].path in ready else validate_plan(plan, params["validate"])
-        backups = {}
+        check_unchanged(files)
+        ready = set() if params["stage"] else staged_ready(files)
+        changed = any(item.changed for item in files)
+        validated, skipped = ("staged", None) if files[0].path in ready else validate(files, params["validate"])
         if not module.check_mode:
             if params["stage"]:
-                staged = stage_compose_env(plan)
-            elif plan.changed:
-                backups = apply_compose_env(module, plan, backup=params["backup"], ready=ready)
+                staged = stage(files)
+            elif changed:
+                backups = install(module, files, backup=params["backup"], ready=ready)
             else:
-                discard_staged(plan)
+                discard_staged(files)
     except (ComposeEnvError, OSError) as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
-    result = dict(
-        staged=staged,
-        changed=plan.changed,
-        path=params["path"],
-        file_type=plan.files[0].kind,
-        changes=plan.changes,
-        changed_services=plan.changed_services(),
-        changed_keys=plan.changed_keys(),
-        files=[dict(path=item.path, kind=item.kind, changed=item.changed, changes=len(item.changes),
-                    backup_file=backups.get(item.path)) for item in plan.files],
-        validated_with=validated,
-    )
-    if backups.get(params["path"]):
-        result["backup_file"] = backups[params["path"]]
-    if module._diff and plan.changed:
-        result["diff"] = plan.diffs()
+    result = dict(changed=changed, staged=staged, validated_with=validated, validation_skipped=skipped,
+                  files=[dict(path=item.path, kind=item.kind, changed=item.changed, backup_file=backups.get(item.path))
+                         for item in files])
+    if backups.get(files[0].path):
+        result["backup_file"] = backups[files[0].path]
     module.exit_json(**result)
 
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
+
+from ansible.module_utils.compose_env import detect_compose, parse_compose_version, read_env_file, run  # noqa: F401
 
 DOCKER = "docker"
-COMPOSE_V2 = ["docker", "compose"]
-COMPOSE_V1 = ["docker-compose"]
-TIMEOUT = 60
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
 LABEL_ONEOFF = "com.docker.compose.oneoff"
@@ -48,33 +46,6 @@ class DockerCommandError(ComposeServicesError):
 
 # ------------------------------------------------------------------------------------------- commands
 
-def run(cmd, cwd=None, timeout=TIMEOUT):
-    """(rc, stdout, stderr) of a command; rc 127 when the program does not exist."""
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=timeout)
-    except FileNotFoundError:
-        return 127, "", "%s: command not found" % cmd[0]
-    except subprocess.TimeoutExpired:
-        return 124, "", "%s timed out after %d s" % (" ".join(cmd), timeout)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def parse_compose_version(text):
-    """The version number in `docker compose version` / `docker-compose version` output, else None."""
-    match = re.search(r"v?(\d+\.\d+\.\d+[\w.+-]*)", text or "")
-    return match.group(1) if match else None
-
-
-def detect_compose(runner=run):
-    """(command list, version) of the compose tool: v2 plugin first, then standalone v1; (None, None)."""
-    for command in (COMPOSE_V2, COMPOSE_V1):
-        rc, out, _ = runner(command + ["version"])
-        if rc == 0:
-            return list(command), parse_compose_version(out)
-    return None, None
-
-
 def docker_reachable(runner=run):
     """(True, None) when the engine answers `docker info`, else (False, the error text)."""
     rc, out, err = runner([DOCKER, "info", "--format", "{{.ServerVersion}}"])
@@ -84,30 +55,6 @@ def docker_reachable(runner=run):
 
 
 # ------------------------------------------------------------------------------------------- projects
-
-def read_env_file(path):
-    """KEY=VALUE pairs of a compose .env file: comments, blank lines, `export` and quotes handled."""
-    values = {}
-    try:
-        with open(path) as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return values
-    for line in lines:
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, value = line.split("=", 1)
-        value = value.strip()
-        if value[:1] in ("'", '"') and value[-1:] == value[:1] and len(value) > 1:
-            value = value[1:-1]
-        else:
-            value = re.sub(r"\s+#.*$", "", value)
-        values[key.strip()] = value
-    return values
-
 
 def normalize_project_name(name):
     """Compose's normalisation of a directory name: lower case, only [a-z0-9_-], starting alphanumeric."""

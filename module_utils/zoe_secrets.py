@@ -11,7 +11,7 @@ MASK = "********"
 # Column and variable names whose values are secrets (matched as lower-case substrings).
 DEFAULT_SECRET_NAMES = (
     "password", "passwd", "pwd", "hash", "token", "secret", "api_key", "apikey",
-    "private_key", "access_key", "credential", "salt", "cookie", "session_key", "jwt",
+    "private_key", "access_key", "credential", "salt", "cookie", "session_key", "jwt", "pass", "_key",
 )
 
 # Values that look like secrets whatever their name: password-hash formats, JWTs, long hex/base64 blobs.
@@ -19,7 +19,7 @@ _SECRET_VALUE_RES = (
     re.compile(r"^(pbkdf2_[a-z0-9]+|argon2(id|i|d)?|bcrypt|scrypt|sha(256|512)_crypt)\$"),
     re.compile(r"^\$(2[abxy]?|5|6|argon2(id|i|d)?|scrypt)\$"),
     re.compile(r"^eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*$"),
-    re.compile(r"^(sk|pk|rk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{16,}$"),
+    re.compile(r"^(sk|pk|rk|ghp|gho|xox[abp])[-_][A-Za-z0-9_-]{6,}$"),
     re.compile(r"^[A-Fa-f0-9]{32,}$"),
 )
 
@@ -53,17 +53,36 @@ def mask_row(row, secret_names=DEFAULT_SECRET_NAMES):
 
 
 _ASSIGNMENT_RE = re.compile(
-    r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>\s*[:=]\s*)(?P<quote>['\"]?)(?P<value>[^'\"\s#]+)")
+    r"(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<sep>[ \t]*[:=][ \t]*)"
+    r"(?P<value>\"(?:[^\"\\\r\n]|\\.)*\"?|'[^'\r\n]*'?|[^\s'\"]+(?:[ \t]+[^\s'\"#][^\s'\"]*)*)")
+_URL_CREDENTIALS_RE = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^\s:/@'\"]*)(?P<colon>:?)"
+                                 r"(?P<password>[^\s/@'\"]*)@")
+
+
+def mask_url_credentials(text):
+    """`scheme://user:password@host` -> `scheme://user:********@host` (a lone `scheme://token@` loses the token)."""
+    def _sub(match):
+        if match.group("colon"):
+            return "%s%s:%s@" % (match.group("scheme"), match.group("user"), MASK)
+        return "%s%s@" % (match.group("scheme"), MASK)
+
+    return _URL_CREDENTIALS_RE.sub(_sub, text)
 
 
 def mask_text(text, secret_names=DEFAULT_SECRET_NAMES):
-    """Mask `KEY=value` / `KEY: value` assignments whose key or value is secret in free text.
+    """Mask `KEY=value` / `KEY: value` assignments whose key or value is secret, and credentials in URLs, in free text.
 
-    Used on diffs of compose files, env files and source files before they enter a result.
+    A quoted value is masked to its closing quote and an unquoted one to the end of the line (a space or a `#`
+    inside a value does not end it). Used on diffs of compose files, env files and source files before they enter a
+    result.
     """
     def _sub(match):
-        if is_secret_name(match.group("key"), secret_names) or looks_like_secret(match.group("value")):
-            return "%s%s%s%s" % (match.group("key"), match.group("sep"), match.group("quote"), MASK)
+        value = match.group("value")
+        inner = value.strip("'\"")
+        if is_secret_name(match.group("key"), secret_names) or looks_like_secret(inner):
+            quote = value[0] if value[:1] in "'\"" else ""
+            return "%s%s%s%s%s" % (match.group("key"), match.group("sep"), quote, MASK,
+                                   quote if len(value) > 1 and value[-1:] == quote else "")
         return match.group(0)
 
-    return _ASSIGNMENT_RE.sub(_sub, text)
+    return _ASSIGNMENT_RE.sub(_sub, mask_url_credentials(text))
