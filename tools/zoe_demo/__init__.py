@@ -4,11 +4,11 @@ import json
 import os
 import shutil
 
-from .databases import DEMO_PASSWORDS, FOLD_DATABASES, KEEP_DATABASES, UNKNOWN_DATABASES, DemoDatabases
-from .tree import EXEMPT_FILES, REFERENCE_RE, TOTAL_FILES, TOTAL_REFERENCES, DemoTree, scan_references
+from .databases import DEMO_PASSCODES, DEMO_PASSWORDS, FOLD_DATABASES, KEEP_DATABASES, UNKNOWN_DATABASES, DemoDatabases
+from .tree import EXEMPT_FILES, REFERENCE_RE, REVIEW_FILES, TOTAL_FILES, TOTAL_REFERENCES, DemoTree, scan_references
 
-__all__ = ["build_demo_host", "record_path", "DEMO_PASSWORDS", "FOLD_DATABASES", "KEEP_DATABASES",
-           "UNKNOWN_DATABASES", "EXEMPT_FILES", "REFERENCE_RE", "TOTAL_FILES", "TOTAL_REFERENCES",
+__all__ = ["build_demo_host", "record_path", "DEMO_PASSCODES", "DEMO_PASSWORDS", "FOLD_DATABASES", "KEEP_DATABASES",
+           "UNKNOWN_DATABASES", "EXEMPT_FILES", "REVIEW_FILES", "REFERENCE_RE", "TOTAL_FILES", "TOTAL_REFERENCES",
            "scan_references"]
 
 DEFAULT_IMAGE = "zoe-consolidate/service:latest"

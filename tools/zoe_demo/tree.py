@@ -3,7 +3,8 @@
 DESIGN.md: 441 references to database names in 95 files (service code, scripts, compose, docs). The
 generator plants exactly that, records every reference (file, line, name, kind) and plants decoys
 that are not references (`oauth.db.bak`, `auth.db.bak`, `myauth.db`), a .gitignore'd log directory
-and a binary file, which a correct audit leaves out.
+and a binary file, which a correct audit leaves out. Two of the files (REVIEW_FILES) name a retired
+database as something other than the primary and must not be rewritten.
 """
 
 import os
@@ -25,6 +26,65 @@ REFERENCE_RE = re.compile(
 
 # Files the migration keeps with their old names on purpose (db_references `exempt`).
 EXEMPT_FILES = ("scripts/migration/consolidate_databases.py", "docs/migration/CONSOLIDATION_PLAN.md")
+
+# Files outside the exempt globs that name a retired database as something other than the primary, so a
+# rewrite to zoe.db would break them: an import tool that reads auth.db and writes zoe.db (rewritten, it
+# reads and writes zoe.db, as the real repository's scripts/utilities/consolidate_databases.py ended up
+# doing) and a validator that lists the retired names as forbidden next to the allowed ones (rewritten,
+# it forbids zoe.db). The code rewrite must leave them byte-identical and list them for review.
+REVIEW_FILES = ("services/zoe-auth/tools/import_auth_users.py", "scripts/validate_databases.py")
+
+IMPORT_TOOL = '''"""Copy the users zoe-auth knows into the primary database (run once, by hand)."""
+import os
+import sqlite3
+
+SOURCE_DB = os.getenv("AUTH_DB", "/app/data/auth.db")
+TARGET_DB = os.getenv("ZOE_DB", "/app/data/zoe.db")
+
+
+def main():
+    source = sqlite3.connect(SOURCE_DB)   # reads auth.db
+    target = sqlite3.connect(TARGET_DB)   # writes zoe.db
+    for user_id, username, email, password_hash in source.execute(
+            "SELECT user_id, username, email, password_hash FROM users"):
+        target.execute("INSERT OR IGNORE INTO users (user_id, username, email, password_hash) VALUES (?, ?, ?, ?)",
+                       (username, username, email, password_hash))
+    target.commit()
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+VALIDATOR_HEAD = '''#!/usr/bin/env python3
+"""Fail when a database other than the allowed ones exists under data/ (pre-commit and CI)."""
+import pathlib
+import sys
+
+ALLOWED = ["zoe.db", "memory.db"]
+FORBIDDEN = [
+'''
+
+VALIDATOR_TAIL = ''']
+
+
+def main():
+    found = [p.name for p in pathlib.Path("data").glob("*.db") if p.name not in ALLOWED]
+    bad = [name for name in found if name in FORBIDDEN]
+    if bad:
+        sys.exit("retired databases present: %s" % ", ".join(bad))
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def review_file_text(relpath):
+    """The fixed text of a REVIEW_FILES file."""
+    if relpath == REVIEW_FILES[0]:
+        return IMPORT_TOOL
+    return VALIDATOR_HEAD + "".join('    "%s",\n' % name for name in FOLD_DATABASES) + VALIDATOR_TAIL
 
 COMPOSE = """\
 # Zoe AI assistant: production compose stack
@@ -205,8 +265,7 @@ def planned_files():
                                       "settings", "db"]),
         ("scripts", "sh", ["backup", "restore", "vacuum", "healthcheck", "rotate_sessions", "export_users",
                            "import_people", "reset_password"]),
-        ("scripts", "py", ["check_integrity", "count_rows", "seed_demo", "migrate_sessions", "dedupe_users",
-                           "report_usage", "prune_cache"]),
+        ("scripts", "py", ["check_integrity", "count_rows", "seed_demo", "report_usage", "prune_cache"]),
         ("docs", "md", ["ARCHITECTURE", "DATABASES", "AUTH", "MEMORY", "DEVELOPER_TASKS", "LEARNING",
                         "OPERATIONS", "BACKUPS", "TROUBLESHOOTING", "MCP_TOOLS", "PLANNING", "SNAPSHOTS",
                         "PERFORMANCE", "CACHE", "AIDER"]),
@@ -217,6 +276,7 @@ def planned_files():
     for folder, ext, stems in groups:
         for stem in stems:
             files.append(("%s/%s.%s" % (folder, stem, ext), "." + ext))
+    files += [(path, ".py") for path in REVIEW_FILES]
     files.append((EXEMPT_FILES[0], ".py"))
     files.append((EXEMPT_FILES[1], ".md"))
     files.append(("services/zoe-ui/config.js", ".js"))
@@ -298,7 +358,14 @@ class DemoTree:
         return self.rng.choice(kinds[kind]).format(name=name, var=var)
 
     def build_sources(self):
-        files = planned_files()
+        files = []
+        for relpath, ext in planned_files():
+            if relpath in REVIEW_FILES:
+                text = review_file_text(relpath)
+                self.write(relpath, text, 0o755 if text.startswith("#!") else 0o644)
+                self.record(relpath, text)
+            else:
+                files.append((relpath, ext))
         planted_so_far = len(self.references)
         remaining = TOTAL_REFERENCES - planted_so_far
         if remaining < len(files):
@@ -357,4 +424,4 @@ class DemoTree:
             raise AssertionError("planted %d references in %d files, expected %d in %d"
                                  % (len(self.references), len(files), TOTAL_REFERENCES, TOTAL_FILES))
         return {"references": self.references, "reference_files": files, "exempt_files": list(EXEMPT_FILES),
-                "secrets": secrets}
+                "review_files": list(REVIEW_FILES), "secrets": secrets}

@@ -2,7 +2,11 @@
 
 Endpoints:
   GET  /health          200 when the database named by the environment opens and answers, else 503
-  POST /login           {"username": ..., "password": ...} checked against that database's users table
+  POST /login           {"username": ..., "password": ...} or {"username": ..., "passcode": ...}, checked the
+                        way zoe-auth does (services/zoe-auth/core/auth.py): the users row by username, its
+                        password_hash or passcode_hash, is_active, locked_until; the answer names its role.
+                        Those columns are read by name, so a users table without them (zoe.db before the
+                        merge) answers 500, as the real service fails on it.
   GET  /count/<table>   {"table": ..., "rows": N}
 
 Environment:
@@ -24,6 +28,7 @@ import re
 import signal
 import sqlite3
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote
 
@@ -110,20 +115,25 @@ class Handler(BaseHTTPRequestHandler):
         try:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
-            username, password = str(body["username"]), str(body["password"])
-        except (ValueError, KeyError, TypeError):
-            return self.reply(400, {"error": "expected JSON with username and password"})
+            username = str(body["username"])
+            column = "passcode_hash" if "passcode" in body else "password_hash"
+            secret = str(body["passcode"] if "passcode" in body else body["password"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return self.reply(400, {"error": "expected JSON with username and password (or passcode)"})
         try:
             with connect() as conn:
-                row = conn.execute("SELECT password_hash FROM users WHERE username = ?",
-                                   (username,)).fetchone()
+                row = conn.execute("SELECT user_id, password_hash, passcode_hash, role, is_active, locked_until "
+                                   "FROM users WHERE username = ?", (username,)).fetchone()
         except FileNotFoundError:
             return self.reply(503, {"error": "database missing"})
         except sqlite3.Error as exc:
             return self.reply(500, {"error": type(exc).__name__})
-        if row is None or not verify_password(password, row["password_hash"]):
+        now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        if (row is None or row["is_active"] in (0, "0") or (row["locked_until"] or "") > now
+                or not verify_password(secret, row[column])):
             return self.reply(401, {"ok": False, "username": username})
-        return self.reply(200, {"ok": True, "username": username})
+        return self.reply(200, {"ok": True, "username": username, "user_id": row["user_id"],
+                                "role": row["role"] or "user"})
 
 
 def main():
