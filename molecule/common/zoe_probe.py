@@ -12,7 +12,8 @@ the tree, the compose project, the published ports and the demo passwords. The p
 - data_files: the names in data/, and which of them are SQLite databases;
 - row_counts: {database: {table: rows}} of the SQLite files in data/, read from private copies;
 - containers: {service: id, name, started_at, status, health, env} of the project's containers;
-- health / logins: HTTP answers of every service's /health and of a login of every demo user through zoe-auth.
+- health / logins: HTTP answers of every service's /health and of a login of every demo user through zoe-auth
+                (by password, and by passcode as `passcode:<user>` for the users the record gives one).
 
 The tree is hashed first and the databases are only ever opened as copies, so probing never changes the
 bytes it measures (opening a WAL database in place can rewrite its -shm and checkpoint its -wal).
@@ -119,6 +120,8 @@ def probe(record, with_http=True):
         auth = "http://127.0.0.1:%d/login" % record["ports"]["zoe-auth"]
         state["logins"] = {user: http(auth, {"username": user, "password": password})[0]
                            for user, password in sorted(record["passwords"].items())}
+        state["logins"].update({"passcode:%s" % user: http(auth, {"username": user, "passcode": code})[0]
+                                for user, code in sorted(record.get("passcodes", {}).items())})
     return state
 
 

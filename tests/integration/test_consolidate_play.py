@@ -16,8 +16,6 @@ from zoe_host import ZoeHost
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-USERS = ("testuser", "admin", "user", "system")
-
 
 @pytest.fixture(scope="module")
 def host(images, tmp_path_factory):
@@ -33,8 +31,10 @@ def reports(host):
 
 
 def test_before_testuser_cannot_log_in_through_auth(host):
-    assert host.login("admin") == 200
-    assert host.login("testuser") == 401
+    assert "testuser" in host.users and "testuser" not in host.auth_users
+    for user in host.users:
+        assert host.login(user) == (200 if user in host.auth_users else 401), user
+    assert host.login_passcode("admin") == 200
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(host):
@@ -56,9 +56,15 @@ def test_run_consolidates_the_host(host):
     result = host.playbook("consolidate.yml")
     assert result.returncode == 0, result.stdout[-5000:]
     assert host.data_files() == ["memory.db", "zoe.db"]
-    for user in USERS:
+    for user in host.users:
         assert host.login(user) == 200, user
         assert host.query("zoe.db", "SELECT count(*) FROM users WHERE username = '%s'" % user) == [(1,)]
+    assert host.query("zoe.db", "SELECT count(*) FROM users") == [(len(host.users),)]
+    # the columns zoe-auth reads are in users, and admin's passcode followed admin to zoe.db's key
+    columns = {row[1] for row in host.query("zoe.db", "PRAGMA table_info(users)")}
+    assert {"role", "passcode_hash", "is_active", "failed_login_attempts", "locked_until", "updated_at"} <= columns
+    assert host.login_passcode("admin") == 200
+    assert host.query("zoe.db", "SELECT user_id FROM passcodes") == [("admin",)]
     retired = glob.glob(os.path.join(host.backups, "retired", "*", "*.db"))
     assert sorted(os.path.basename(p) for p in retired) == sorted(FOLD_DATABASES)
     with open(os.path.join(host.root, "docker-compose.yml")) as handle:

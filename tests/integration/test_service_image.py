@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import time
 import urllib.error
@@ -10,7 +12,7 @@ import uuid
 
 import pytest
 
-from zoe_demo import DEMO_PASSWORDS, build_demo_host
+from zoe_demo import DEMO_PASSCODES, DEMO_PASSWORDS, build_demo_host
 
 pytestmark = pytest.mark.docker
 
@@ -54,26 +56,49 @@ def run_service(images, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def demo_data(tmp_path_factory):
+def demo(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("svc") / "zoe")
-    build_demo_host(root, seed=5)
-    return os.path.join(root, "data")
+    return build_demo_host(root, seed=5)
 
 
-def test_login_against_auth_db_fails_for_testuser_as_on_the_real_host(run_service, demo_data):
+@pytest.fixture(scope="module")
+def demo_data(demo):
+    return os.path.join(demo["root"], "data")
+
+
+def test_login_against_auth_db_fails_for_testuser_as_on_the_real_host(run_service, demo, demo_data):
     base = run_service(demo_data, "auth.db")
     assert http(base + "/health")[0] == 200
-    assert http(base + "/login", {"username": "admin", "password": DEMO_PASSWORDS["admin"]})[0] == 200
-    assert http(base + "/login", {"username": "testuser", "password": DEMO_PASSWORDS["testuser"]})[0] == 401
+    status, body = http(base + "/login", {"username": "admin", "password": DEMO_PASSWORDS["admin"]})
+    assert status == 200 and body["role"] == "admin" and body["user_id"].startswith("usr_")
+    assert http(base + "/login", {"username": "admin", "passcode": DEMO_PASSCODES["admin"]})[0] == 200
+    assert http(base + "/login", {"username": "admin", "passcode": "000000"})[0] == 401
+    for user in set(DEMO_PASSWORDS) - set(demo["users"]["auth.db"]):
+        assert http(base + "/login", {"username": user, "password": DEMO_PASSWORDS[user]})[0] == 401, user
     assert http(base + "/login", {"username": "admin", "password": "wrong"})[0] == 401
-    assert http(base + "/count/users") == (200, {"table": "users", "rows": 2})
+    assert http(base + "/count/users") == (200, {"table": "users", "rows": len(demo["users"]["auth.db"])})
 
 
-def test_login_against_zoe_db_works_for_every_user(run_service, demo_data):
+def test_login_reads_the_columns_zoe_auth_reads(run_service, demo_data):
+    """zoe.db's own users table lacks role, passcode_hash, locked_until...: zoe-auth's query fails on it."""
     base = run_service(demo_data, "zoe.db")
-    for user, password in DEMO_PASSWORDS.items():
-        assert http(base + "/login", {"username": user, "password": password})[0] == 200, user
+    status, body = http(base + "/login", {"username": "admin", "password": DEMO_PASSWORDS["admin"]})
+    assert (status, body) == (500, {"error": "OperationalError"})
     assert http(base + "/count/people") == (200, {"table": "people", "rows": 17})
+
+
+def test_inactive_or_locked_user_cannot_log_in(run_service, tmp_path, demo_data):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(os.path.join(demo_data, "auth.db"), data / "auth.db")
+    conn = sqlite3.connect(str(data / "auth.db"))
+    conn.execute("UPDATE users SET locked_until = '2999-01-01T00:00:00' WHERE username = 'admin'")
+    conn.execute("UPDATE users SET is_active = 0 WHERE username = 'user'")
+    conn.commit()
+    conn.close()
+    base = run_service(str(data), "auth.db")
+    for user in ("admin", "user"):
+        assert http(base + "/login", {"username": user, "password": DEMO_PASSWORDS[user]})[0] == 401, user
 
 
 def test_missing_database_is_unhealthy_and_never_created(run_service, demo_data):

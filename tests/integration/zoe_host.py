@@ -16,7 +16,7 @@ import uuid
 
 import yaml
 
-from zoe_demo import DEMO_PASSWORDS, build_demo_host
+from zoe_demo import DEMO_PASSCODES, DEMO_PASSWORDS, build_demo_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VENV_BIN = os.path.join(REPO, ".venv", "bin")
@@ -76,6 +76,11 @@ class ZoeHost:
         self.port_base = free_port_base()
         self.project = self.name
         self.record = build_demo_host(self.root, project=self.project, port_base=self.port_base, **generator)
+        # What the generator planted, so tests derive their expectations instead of repeating numbers:
+        # every user of every database (zoe.db holds them all after the merge) and those zoe-auth
+        # can log in before it (auth.db's).
+        self.users = sorted({name for names in self.record["users"].values() for name in names})
+        self.auth_users = sorted(self.record["users"]["auth.db"])
         self.inventory = os.path.join(self.base, "inventory")
         self.reports = os.path.join(self.base, "reports")
         self.write_inventory()
@@ -157,6 +162,10 @@ class ZoeHost:
 
     def login(self, user):
         return self.http("zoe-auth", "/login", {"username": user, "password": DEMO_PASSWORDS[user]})
+
+    def login_passcode(self, user):
+        """zoe-auth's quick login: works only while the passcodes row still points at the user's key."""
+        return self.http("zoe-auth", "/login", {"username": user, "passcode": DEMO_PASSCODES[user]})
 
     def query(self, database, sql):
         conn = sqlite3.connect("file:%s?mode=ro" % os.path.join(self.root, "data", database), uri=True)

@@ -3,8 +3,10 @@
 Endpoints:
   GET  /health          200 when the database named by the environment opens and answers, else 503
   POST /login           {"username": ..., "password": ...} or {"username": ..., "passcode": ...}, checked the
-                        way zoe-auth does (services/zoe-auth/core/auth.py): the users row by username, its
-                        password_hash or passcode_hash, is_active, locked_until; the answer names its role.
+                        way zoe-auth does (services/zoe-auth/core/auth.py, core/passcode.py): the users row
+                        by username (password_hash, passcode_hash, role, is_active, failed_login_attempts,
+                        locked_until, updated_at), a passcode against the passcodes row of that user_id;
+                        the answer names the user_id and role.
                         Those columns are read by name, so a users table without them (zoe.db before the
                         merge) answers 500, as the real service fails on it.
   GET  /count/<table>   {"table": ..., "rows": N}
@@ -122,15 +124,21 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(400, {"error": "expected JSON with username and password (or passcode)"})
         try:
             with connect() as conn:
-                row = conn.execute("SELECT user_id, password_hash, passcode_hash, role, is_active, locked_until "
-                                   "FROM users WHERE username = ?", (username,)).fetchone()
+                row = conn.execute("SELECT user_id, password_hash, passcode_hash, role, is_active, "
+                                   "failed_login_attempts, locked_until, updated_at FROM users WHERE username = ?",
+                                   (username,)).fetchone()
+                stored = row and row["password_hash"]
+                if row is not None and column == "passcode_hash":   # core/passcode.py: the passcodes table
+                    code = conn.execute("SELECT passcode_hash FROM passcodes WHERE user_id = ? AND is_active = 1",
+                                        (row["user_id"],)).fetchone()
+                    stored = code and code["passcode_hash"]
         except FileNotFoundError:
             return self.reply(503, {"error": "database missing"})
         except sqlite3.Error as exc:
             return self.reply(500, {"error": type(exc).__name__})
         now = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         if (row is None or row["is_active"] in (0, "0") or (row["locked_until"] or "") > now
-                or not verify_password(secret, row[column])):
+                or not verify_password(secret, stored)):
             return self.reply(401, {"ok": False, "username": username})
         return self.reply(200, {"ok": True, "username": username, "user_id": row["user_id"],
                                 "role": row["role"] or "user"})
