@@ -16,6 +16,25 @@ description:
     file in the same directory, mode and owner kept). Files matching O(exempt) are never rewritten: the
     migration's own tooling and records keep their old names on purpose. Every reference not rewritten
     is listed in RV(left_alone) with the reason.
+  - >-
+    V(rewrite) also finds, without configuration, the files it must not rewrite: a file that names a
+    retired name (a key of O(mapping)) and the name it maps to (the primary) in roles that differ. A
+    rewrite would make it name the primary where it named a database other than the primary: a migration
+    tool would copy the primary onto itself, a validator would forbid the primary, a mapping would map
+    the primary to itself. Three signs mark such a file. C(together): one line names both
+    (C('auth.db': 'zoe.db'), C(cp auth.db zoe.db), a docstring or doc line "merge auth.db into zoe.db").
+    C(attach): the file runs an SQL C(ATTACH) and names both. C(opposite roles): the identifiers and keys
+    next to a retired name and next to the primary (on the name's line, or when it has none, on the
+    nearest less-indented line above, the list or block it is in) carry source/old/forbidden words for
+    one and target/new/allowed words for the other (C(SRC_DB)/C(DST_DB), C(FORBIDDEN = [...])/C(ALLOWED
+    = [...]), JSON C("retired")/C("allowed")). Such a file is left byte-identical and listed in
+    RV(left_for_review) with the reason and the lines; its references are in RV(left_alone) with reason
+    C(left for review).
+  - >-
+    Code that opens several databases, each for its own tables, shows none of these signs and is
+    rewritten: after the merge those tables live in the primary. Role words count in code only;
+    comments and doc files count for C(together) alone. Not detected: a tool that reads the primary and
+    retired databases alike as sources of a third database; list such files in O(exempt).
   - "Matching respects file-name boundaries: C(auth.db) matches C(/app/data/auth.db), C(\"auth.db\"),
     C(auth.db-wal) (a SQLite sidecar of the same database) and C(auth.db.) at the end of a sentence,
     and does not match C(oauth.db), C(myauth.db), C(zoe-auth.db), C(.auth.db) or C(auth.db.bak)
@@ -66,10 +85,11 @@ options:
     description:
       - Directories never entered, by name at any depth (C(node_modules)) or by path relative to
         O(root) (C(data/backups)). Put the backup area here when it lies inside O(root).
+        C(.zoe-guard) is where the guard role installs its validator and configuration.
     type: list
     elements: str
     default: ['.git', '.hg', '.svn', 'node_modules', '__pycache__', '.venv', 'venv', '.tox', '.mypy_cache',
-              '.pytest_cache', '.cache', '.zoe-consolidate']
+              '.pytest_cache', '.cache', '.zoe-consolidate', '.zoe-guard']
   respect_gitignore:
     description: Skip what the C(.gitignore) files of the tree ignore (root and nested files, negation, dir-only rules).
     type: bool
@@ -152,8 +172,23 @@ changes:
   returned: always
   type: dict
   sample: {services/auth/db.py: 3}
+left_for_review:
+  description:
+    - >-
+      Files not rewritten in V(rewrite) mode because they name a retired name and the primary in roles that
+      differ, with the reason (which sign, which names, which role words) and the lines that show it. The
+      files are left byte-identical. Empty in V(audit) mode.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - file: scripts/utilities/consolidate_databases.py
+      reason: "line 42 names auth.db and zoe.db together: rewritten, it would name zoe.db twice"
+      lines: [42]
 left_alone:
-  description: References found but not rewritten in V(rewrite) mode, with the reason (exempt, not in mapping).
+  description: >-
+    References found but not rewritten in V(rewrite) mode, with the reason (exempt, left for review,
+    not in mapping).
   returned: always
   type: list
   elements: dict
@@ -214,6 +249,7 @@ def main():
         files_scanned=len(plan.files),
         files_changed=[item.relpath for item in plan.changed_files],
         changes=plan.changes(),
+        left_for_review=plan.left_for_review(),
         left_alone=plan.left_alone(),
         skipped_files=plan.skipped,
     )

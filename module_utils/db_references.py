@@ -19,7 +19,7 @@ from ansible.module_utils.zoe_secrets import mask_text
 
 DEFAULT_SKIP_DIRS = (
     ".git", ".hg", ".svn", "node_modules", "__pycache__", ".venv", "venv", ".tox", ".mypy_cache",
-    ".pytest_cache", ".cache", ".zoe-consolidate",
+    ".pytest_cache", ".cache", ".zoe-consolidate", ".zoe-guard",
 )
 DEFAULT_MAX_FILE_SIZE = 2 * 1024 * 1024
 BINARY_SNIFF_BYTES = 8192
@@ -288,12 +288,171 @@ def classify(relpath, line, column):
     return "other"
 
 
+# --- files the rewrite must not touch -------------------------------------------------------------
+#
+# A rewrite is right for code that *uses* a retired database: after the merge its tables live in the
+# primary. It is wrong for a file that names a retired database as something other than the primary:
+# a migration tool that reads auth.db and writes zoe.db (rewritten, it copies zoe.db onto itself), a
+# validator with a forbidden list beside an allowed one (rewritten, it forbids zoe.db), a mapping
+# old -> new (rewritten, zoe.db -> zoe.db). Such a file names both a retired name and the primary, and
+# one of three signs says their roles differ:
+#   together      one line names both (`'auth.db': 'zoe.db'`, `cp auth.db zoe.db`, "merge auth.db into zoe.db");
+#   attach        the file runs an SQL ATTACH (a second database on one connection);
+#   opposite roles  the words next to a retired name and next to the primary (identifiers and keys left
+#                 of the name in its statement, else right of it, else on the nearest less-indented line
+#                 above: the list, dict or block it is in) are source/old/forbidden words for one and
+#                 target/new/allowed words for the other (`SRC_DB = ...auth.db` / `DST_DB = ...zoe.db`,
+#                 `FORBIDDEN = [...auth.db...]` / `ALLOWED = [...zoe.db...]`).
+# Code that opens several databases, each for its own tables, shows none of the signs and is rewritten.
+# Role words are read from code only: comments and doc files count for `together` alone.
+
+SOURCE_WORDS = frozenset((
+    "src", "source", "sources", "from", "old", "legacy", "orig", "original", "input", "retired", "retire",
+    "deprecated", "forbidden", "forbid", "banned", "blocked", "denied", "deny", "disallowed", "obsolete",
+    "previous", "prev"))
+TARGET_WORDS = frozenset((
+    "dst", "dest", "destination", "target", "targets", "tgt", "to", "into", "new", "primary", "unified",
+    "output", "allowed", "allow", "permitted", "keep", "kept", "current"))
+# Keywords of common languages: they count only inside a compound identifier (`from_db`, `NEW_DB`).
+BARE_KEYWORDS = frozenset(("from", "to", "new", "in", "into"))
+ROLES = {"source": "source/old/forbidden", "target": "target/new/allowed"}
+_ATTACH_RE = re.compile(r"\bATTACH\s+(?:DATABASE\s+)?['\"`?:$@{(]", re.IGNORECASE)
+_IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_PART_RE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def role_words(text):
+    """The role words in a piece of code: (source words, target words) found in its identifiers and keys."""
+    source, target = set(), set()
+    for ident in _IDENT_RE.findall(text):
+        parts = [part.lower() for part in _PART_RE.findall(ident)]
+        if len(parts) == 1 and parts[0] in BARE_KEYWORDS:
+            continue
+        source.update(part for part in parts if part in SOURCE_WORDS)
+        target.update(part for part in parts if part in TARGET_WORDS)
+    return source, target
+
+
+def _role(words):
+    """'source', 'target' or None (no role word, or words of both roles)."""
+    source, target = words
+    if source and not target:
+        return "source", sorted(source)[0]
+    if target and not source:
+        return "target", sorted(target)[0]
+    return None, None
+
+
+def _code_part(relpath, line, pattern):
+    """The line without its comment and without the database names (whose own words are not roles)."""
+    start = _comment_start(line, relpath.lower())
+    if start is not None:
+        line = line[:start]
+    return pattern.sub(" ", line)
+
+
+def _indent(line):
+    return len(line) - len(line.lstrip())
+
+
+def _parent_line(lines, index):
+    """Index of the nearest non-blank line above with less indentation (the block or literal around it)."""
+    indent = _indent(lines[index])
+    for above in range(index - 1, -1, -1):
+        if lines[above].strip() and _indent(lines[above]) < indent:
+            return above
+    return None
+
+
+def _occurrence_role(relpath, lines, index, column, pattern):
+    """The role of the name at lines[index][column]: the words left of it in its statement, else the
+    words right of it (a dict value describing it), else those of the line around it."""
+    line = lines[index]
+    start = _comment_start(line, relpath.lower())
+    code = line if start is None else line[:start]
+    statement_start = code.rfind(";", 0, column) + 1
+    statement_end = code.find(";", column)
+    statement_end = len(code) if statement_end == -1 else statement_end
+    for piece in (code[statement_start:column], code[column:statement_end]):
+        words = role_words(pattern.sub(" ", piece))
+        if words != (set(), set()):
+            return _role(words)
+    parent = _parent_line(lines, index)
+    if parent is None:
+        return None, None
+    return _role(role_words(_code_part(relpath, lines[parent], pattern)))
+
+
+def review_reason(relpath, text, mapping, pattern):
+    """Why a file must be left for review instead of rewritten: {reason, lines}, or None.
+
+    `mapping` is old name -> new name; `pattern` finds every name looked for. Only names the mapping
+    rewrites and the names it rewrites them to (the primary) take part.
+    """
+    primaries = set(str(value) for value in mapping.values())
+    retired = set(mapping)
+    lines = text.splitlines()
+    doc = relpath.lower().endswith(DOC_SUFFIXES) or "/docs/" in "/" + relpath.lower()
+    hits = []  # (line index, column, name, 'retired' or 'primary')
+    for index, line in enumerate(lines):
+        for match in pattern.finditer(line):
+            name = match.group(0)
+            if name in retired:
+                hits.append((index, match.start(), name, "retired"))
+            elif name in primaries:
+                hits.append((index, match.start(), name, "primary"))
+    if not any(h[3] == "retired" for h in hits) or not any(h[3] == "primary" for h in hits):
+        return None
+
+    by_line = {}
+    for index, _, name, side in hits:
+        by_line.setdefault(index, {}).setdefault(side, set()).add(name)
+    together = sorted(index for index, sides in by_line.items() if len(sides) == 2)
+    if together:
+        first = by_line[together[0]]
+        old, new = sorted(first["retired"])[0], sorted(first["primary"])[0]
+        return {"reason": "line %d names %s and %s together: rewritten, it would name %s twice"
+                          % (together[0] + 1, old, new, new),
+                "lines": [index + 1 for index in together]}
+    if doc:
+        return None
+
+    attach = [index for index, line in enumerate(lines)
+              if _ATTACH_RE.search(_code_part(relpath, line, pattern))]
+    if attach:
+        old = sorted({h[2] for h in hits if h[3] == "retired"})[0]
+        new = sorted({h[2] for h in hits if h[3] == "primary"})[0]
+        return {"reason": "it ATTACHes a second database (line %d) and names %s and %s: rewritten, it would "
+                          "attach %s to itself" % (attach[0] + 1, old, new, new),
+                "lines": [index + 1 for index in attach]}
+
+    roles = {}  # (side, role) -> first (line index, name, word)
+    for index, column, name, side in hits:
+        line = lines[index]
+        start = _comment_start(line, relpath.lower())
+        if start is not None and column >= start:
+            continue
+        role, word = _occurrence_role(relpath, lines, index, column, pattern)
+        if role is not None:
+            roles.setdefault((side, role), (index, name, word))
+    for old_role, new_role in (("source", "target"), ("target", "source")):
+        if ("retired", old_role) in roles and ("primary", new_role) in roles:
+            (old_line, old, old_word), (new_line, new, new_word) = roles[("retired", old_role)], \
+                roles[("primary", new_role)]
+            return {"reason": "%s is named on the %s side (line %d, `%s`) and %s on the %s side (line %d, `%s`): "
+                              "rewritten, both sides would be %s"
+                              % (old, ROLES[old_role], old_line + 1, old_word, new, ROLES[new_role], new_line + 1,
+                                 new_word, new),
+                    "lines": sorted({old_line + 1, new_line + 1})}
+    return None
+
+
 # --- plan and apply -------------------------------------------------------------------------------
 
 class FilePlan(object):
     """What one file holds and what a rewrite makes of it."""
 
-    def __init__(self, relpath, path, before, after, references, rewritten, left_alone):
+    def __init__(self, relpath, path, before, after, references, rewritten, left_alone, review=None):
         self.relpath = relpath
         self.path = path
         self.before = before
@@ -301,6 +460,7 @@ class FilePlan(object):
         self.references = references
         self.rewritten = rewritten
         self.left_alone = left_alone
+        self.review = review  # {reason, lines} when the file is left for review
 
     @property
     def changed(self):
@@ -326,6 +486,10 @@ class ReferencesPlan(object):
 
     def left_alone(self):
         return [ref for item in self.files for ref in item.left_alone]
+
+    def left_for_review(self):
+        """The files not rewritten because their rewrite would confuse a retired name with the primary."""
+        return [dict(file=item.relpath, **item.review) for item in self.files if item.review]
 
     def counts(self):
         return {item.relpath: len(item.references) for item in self.files if item.references}
@@ -395,6 +559,7 @@ def plan_references(root, mode="audit", mapping=None, names=None, include=(), ex
     for new in mapping.values():
         if mapped and mapped.search(str(new)):
             raise OptionError("O(mapping) value %r is itself a mapped name: a rerun would rewrite it again" % new)
+    review_pattern = name_pattern(set(names) | set(mapping) | set(str(new) for new in mapping.values()))
     files, skipped = walk_files(root, include, exclude, skip_dirs, respect_gitignore, max_file_size)
     plans = []
     for relpath in files:
@@ -403,16 +568,21 @@ def plan_references(root, mode="audit", mapping=None, names=None, include=(), ex
             before = handle.read().decode("utf-8", "surrogateescape")
         refs = scan_text(relpath, before, pattern)
         after, rewritten, left = before, 0, []
+        review = None
         if mode == "rewrite" and refs:
             exempt_file = _is_exempt(relpath, root, exempt)
+            if not exempt_file:
+                review = review_reason(relpath, before, mapping, review_pattern)
             for ref in refs:
                 if exempt_file:
                     left.append(dict(ref, reason="exempt"))
+                elif review:
+                    left.append(dict(ref, reason="left for review"))
                 elif ref["name"] not in mapping:
                     left.append(dict(ref, reason="not in mapping"))
-            if not exempt_file:
+            if not exempt_file and not review:
                 after, rewritten = _rewrite_text(before, pattern, mapping)
-        plans.append(FilePlan(relpath, path, before, after, refs, rewritten, left))
+        plans.append(FilePlan(relpath, path, before, after, refs, rewritten, left, review))
     return ReferencesPlan(root, plans, skipped)
 
 

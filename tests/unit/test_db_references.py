@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from ansible.module_utils.db_references import (
-    OptionError, RootError, classify, glob_match, name_pattern, plan_references, walk_files)
+    DEFAULT_SKIP_DIRS, OptionError, RootError, classify, glob_match, name_pattern, plan_references, walk_files)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -187,6 +187,148 @@ def test_missing_root():
         plan_references("/nonexistent/zoe", names=["auth.db"])
 
 
+# --- files left for review -------------------------------------------------------------------------
+# Each text is a whole file written to a real tree; `sign` is the rule that must leave it for review
+# (None: it must be rewritten). The shapes follow the real Zoe repository: consolidate_databases.py's
+# docstrings name the source and the primary together, validate_databases.py keeps FORBIDDEN_DATABASES
+# beside ALLOWED_DATABASES, update_database_references.py maps each old name to zoe.db, and the guard role
+# writes its retired and allowed lists as JSON.
+
+REVIEW_CASES = [
+    ("scripts/copy_users.py",
+     'import sqlite3\nSOURCE_DB = "/app/data/auth.db"\nTARGET_DB = "/app/data/zoe.db"\n\n\n'
+     'def copy_users():\n    src = sqlite3.connect(SOURCE_DB)\n    dst = sqlite3.connect(TARGET_DB)\n'
+     '    for row in src.execute("SELECT id, username FROM users"):\n'
+     '        dst.execute("INSERT OR IGNORE INTO users (id, username) VALUES (?, ?)", row)\n    dst.commit()\n',
+     "opposite roles", [2, 3]),
+    ("tools/import_sessions.py",
+     'import sqlite3\n\n\ndef main():\n    src = sqlite3.connect("/app/data/sessions.db")\n'
+     '    dst = sqlite3.connect("/app/data/zoe.db")\n    dst.executemany("INSERT INTO sessions VALUES (?, ?)",\n'
+     '                    src.execute("SELECT id, user_id FROM sessions"))\n',
+     "opposite roles", [5, 6]),
+    ("scripts/attach_merge.py",
+     'import sqlite3\nconn = sqlite3.connect("/app/data/zoe.db")\n'
+     'conn.execute("ATTACH DATABASE ? AS a", ("/app/data/auth.db",))\n'
+     'conn.execute("INSERT OR IGNORE INTO users SELECT * FROM a.users")\n',
+     "attach", [3]),
+    ("scripts/attach_merge.sh",
+     '#!/bin/sh\nsqlite3 "$DATA/zoe.db" <<SQL\nATTACH DATABASE \'$DATA/learning.db\' AS l;\n'
+     'INSERT INTO events SELECT * FROM l.events;\nSQL\n',
+     "attach", [3]),
+    ("tools/audit/check_databases.py",
+     'import os\nimport sys\n\nFORBIDDEN = [\n    "auth.db",\n    "sessions.db",\n]\n'
+     'ALLOWED = ["zoe.db", "memory.db"]\n\n'
+     'found = [name for name in os.listdir(sys.argv[1]) if name in FORBIDDEN]\nsys.exit(1 if found else 0)\n',
+     "opposite roles", [5, 8]),
+    ("tools/audit/validate_databases.py",
+     'ALLOWED_DATABASES = {\n    "zoe.db": "the primary",\n    "memory.db": "embeddings",\n}\n'
+     'FORBIDDEN_DATABASES = {\n    "auth.db": "Consolidated into zoe.db",\n}\n',
+     "together", [6]),
+    ("scripts/update_references.py",
+     'RENAMES = {\n    "auth.db": "zoe.db",\n    "developer_tasks.db": "zoe.db",\n}\n',
+     "together", [2, 3]),
+    (".guard/validate_databases.json",
+     json.dumps({"allowed": ["zoe.db", "memory.db"], "retired": ["auth.db", "sessions.db"], "exempt": []},
+                indent=2) + "\n",
+     "opposite roles", [3, 7]),
+    ("Makefile", "restore-auth:\n\tcp data/auth.db data/zoe.db\n", "together", [2]),
+    ("scripts/export_users.py", 'SRC = "/app/data/zoe.db"\nDST = "/app/data/auth.db"\n', "opposite roles", [1, 2]),
+    ("docs/MERGE.md", "# Merge\n\nThe users of auth.db are merged into zoe.db.\n", "together", [3]),
+    # Rewritten: code that uses the databases, whatever it opens.
+    ("services/zoe-auth/db.py", 'import os\nDB = os.getenv("AUTH_DB", "/app/data/auth.db")\n', None, None),
+    ("services/zoe-core/stores.py",
+     'import os\nimport sqlite3\nUSERS_DB = "/app/data/auth.db"\nTASKS_DB = os.getenv("ZOE_DB", "/app/data/zoe.db")\n'
+     'users = sqlite3.connect(USERS_DB)\ntasks = sqlite3.connect(TASKS_DB)\n', None, None),
+    ("deploy/stack.yml",
+     "services:\n  zoe-auth:\n    environment:\n      - DATABASE_PATH=/app/data/auth.db\n"
+     "  zoe-core:\n    environment:\n      DATABASE_PATH: /app/data/zoe.db\n", None, None),
+    ("scripts/backup.py",
+     'import os\nBACKUP_SOURCES = []\nBACKUP_SOURCES.append("data/auth.db")\n'
+     'ZOE_DB = os.environ.get("ZOE_DB", "data/zoe.db")\n', None, None),
+    ("services/zoe-core/tasks.py",
+     '# the legacy export still reads auth.db\nTARGET = "/app/data/zoe.db"\n', None, None),
+    ("docs/OPERATIONS.md",
+     "Back up the source tree before you touch auth.db.\n\nThe current schema of zoe.db is in schema.sql.\n",
+     None, None),
+]
+REVIEW_IDS = ["migration-source-target", "migration-src-dst-handles", "attach-python", "attach-shell",
+              "validator-lists", "validator-dicts", "mapping-old-new", "guard-json", "copy-command",
+              "export-reversed", "doc-same-line", "service-only-retired", "service-both-databases",
+              "compose-like-yaml", "backup-list", "comment-words", "doc-separate-lines"]
+
+
+@pytest.mark.parametrize("relpath, text, sign, lines", REVIEW_CASES, ids=REVIEW_IDS)
+def test_left_for_review(tmp_path, relpath, text, sign, lines):
+    """A file naming a retired name and the primary in roles that differ stays byte-identical and is listed
+    with its sign and lines; a file that only uses the databases is rewritten."""
+    path = write(tmp_path, relpath, text)
+    mapping = {"auth.db": "zoe.db", "sessions.db": "zoe.db", "developer_tasks.db": "zoe.db", "learning.db": "zoe.db"}
+    plan = plan_references(str(tmp_path), mode="rewrite", mapping=mapping, names=["zoe.db", "memory.db"])
+    review = plan.left_for_review()
+    if sign is None:
+        assert review == [] and plan.changed_files[0].relpath == relpath
+        assert "zoe.db" in plan.changed_files[0].after and "auth.db" not in plan.changed_files[0].after
+        return
+    assert [(r["file"], r["lines"]) for r in review] == [(relpath, lines)]
+    assert {"together": "together", "attach": "ATTACH", "opposite roles": "side"}[sign] in review[0]["reason"]
+    assert not plan.changed
+    assert {r["reason"] for r in plan.left_alone() if r["name"] in mapping} == {"left for review"}
+    with open(path, "rb") as handle:
+        assert handle.read() == text.encode()
+
+
+def test_review_is_rewrite_only_and_exempt_wins(tmp_path):
+    write(tmp_path, "scripts/migration/copy.py", 'SRC = "/app/data/auth.db"\nDST = "/app/data/zoe.db"\n')
+    write(tmp_path, "tools/copy.py", 'SRC = "/app/data/auth.db"\nDST = "/app/data/zoe.db"\n')
+    audit = plan_references(str(tmp_path), mapping=MAPPING, names=["zoe.db"])
+    assert audit.left_for_review() == []
+    plan = plan_references(str(tmp_path), mode="rewrite", mapping=MAPPING, names=["zoe.db"],
+                           exempt=["scripts/migration/**"])
+    assert [r["file"] for r in plan.left_for_review()] == ["tools/copy.py"]
+    assert {(r["file"], r["reason"]) for r in plan.left_alone()} == {
+        ("scripts/migration/copy.py", "exempt"), ("tools/copy.py", "left for review")}
+
+
+def test_guard_validator_keeps_working(tmp_path):
+    """The guard's script and configuration in the checkout: skipped where the guard installs them, and
+    left for review anywhere else; the validator still refuses auth.db and allows zoe.db afterwards."""
+    import shutil
+    import sqlite3
+    script = os.path.join(REPO, "roles", "guard", "files", "validate_databases.py")
+    root = tmp_path / "zoe"
+    for name in ("zoe.db", "auth.db"):
+        os.makedirs(str(root / "data"), exist_ok=True)
+        sqlite3.connect(str(root / "data" / name)).close()
+    config = {"root": str(root), "data_dir": str(root / "data"), "allowed": ["zoe.db", "memory.db"],
+              "retired": ["auth.db", "sessions.db"], "exempt": []}
+    for install in (".zoe-guard", "tools/guard"):
+        os.makedirs(str(root / install))
+        shutil.copy(script, str(root / install / "validate_databases.py"))
+        write(root, install + "/validate_databases.json", json.dumps(config, indent=2) + "\n")
+    before = tree_digests(str(root))
+    plan = plan_references(str(root), mode="rewrite", mapping=MAPPING, names=["zoe.db", "memory.db"],
+                           skip_dirs=DEFAULT_SKIP_DIRS + ("data",))
+    assert [r["file"] for r in plan.left_for_review()] == ["tools/guard/validate_databases.json"]
+    assert not any(item.relpath.startswith(".zoe-guard/") for item in plan.files)
+
+    class Module(object):
+        @staticmethod
+        def atomic_move(src, dest):
+            os.rename(src, dest)
+
+    from ansible.module_utils.db_references import apply_references
+    apply_references(Module(), plan)
+    after = tree_digests(str(root))
+    for relpath in (".zoe-guard/validate_databases.py", ".zoe-guard/validate_databases.json",
+                    "tools/guard/validate_databases.json"):
+        assert after[relpath][0] == before[relpath][0]
+    for install in (".zoe-guard", "tools/guard"):
+        result = subprocess.run(["/usr/bin/python3", str(root / install / "validate_databases.py"), "--json"],
+                                capture_output=True, text=True)
+        flagged = [os.path.basename(p["path"]) for p in json.loads(result.stdout)["problems"]]
+        assert result.returncode == 1 and flagged == ["auth.db"]
+
+
 # --- the demo host -----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -209,7 +351,9 @@ def test_audit_matches_the_generator_record(demo):
     assert sorted(plan.counts()) == sorted(record["reference_files"])
 
 
-def test_rewrite_leaves_no_retired_name_outside_exempt_files(demo, tmp_path):
+def test_rewrite_leaves_retired_names_only_in_exempt_and_review_files(demo, tmp_path):
+    """The demo's planted import tool and validator are left for review, byte-identical; every other
+    file that names a retired database is rewritten."""
     import shutil
     source, record, names, fold = demo
     root = str(tmp_path / "zoe")
@@ -226,13 +370,15 @@ def test_rewrite_leaves_no_retired_name_outside_exempt_files(demo, tmp_path):
             os.rename(src, dest)
 
     from ansible.module_utils.db_references import apply_references
+    review = record["review_files"]
+    assert sorted(r["file"] for r in plan.left_for_review()) == sorted(review)
     apply_references(Module(), plan)
     after = plan_references(root, names=names)
     retired_left = [r for r in after.references() if r["name"] in fold]
-    assert retired_left and {r["file"] for r in retired_left} <= set(exempt)
-    for relpath in exempt:
+    assert retired_left and {r["file"] for r in retired_left} == set(exempt) | set(review)
+    for relpath in exempt + review:
         assert tree_digests(root)[relpath][0] == before[relpath][0]
-    assert {r["reason"] for r in plan.left_alone()} == {"exempt", "not in mapping"}
+    assert {r["reason"] for r in plan.left_alone()} == {"exempt", "left for review", "not in mapping"}
     again = plan_references(root, mode="rewrite", mapping={name: "zoe.db" for name in fold}, names=names,
                             exempt=exempt)
     assert not again.changed
