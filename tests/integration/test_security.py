@@ -3,8 +3,9 @@
 One demo host for the file, made a git checkout first (so the guard's hook has a repository), then run
 for real: `consolidate.yml --check --diff`, `consolidate.yml --diff`, `consolidate.yml --tags guard`. The
 planted secrets are every value the demo host holds that must never be printed: JWT_SECRET and
-API_SECRET_KEY from .env, every users.password_hash, sessions.token_hash and password_resets.reset_token
-of every database of the data dir, read before the run.
+API_SECRET_KEY from .env, and every value of the secret columns the generator names (record
+"secret_columns": password and passcode hashes, salts, session tokens, API keys) in every database of
+the data dir, read before the run.
 
 The hook's refusal of a forbidden database by name is proven in test_guard_role.py
 (test_guard_quartet_and_real_commits, through the role on its own); here it is the hook that the play
@@ -25,9 +26,6 @@ from zoe_host import ZoeHost
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-SECRET_COLUMNS = {"users": "password_hash", "sessions": "token_hash", "password_resets": "reset_token"}
-
-
 def git(root, *args, check=True):
     return subprocess.run(["git", "-c", "user.email=sec@test", "-c", "user.name=security test"] + list(args),
                           cwd=root, check=check, capture_output=True, text=True)
@@ -40,9 +38,11 @@ def planted_secrets(zoe):
         conn = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
         try:
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            for table, column in SECRET_COLUMNS.items():
-                if table in tables:
-                    found |= {v for (v,) in conn.execute('SELECT "%s" FROM "%s"' % (column, table)) if v}
+            for table, columns in zoe.record["secret_columns"].items():
+                for column in columns if table in tables else ():
+                    present = {row[1] for row in conn.execute('PRAGMA table_info("%s")' % table)}
+                    if column in present:
+                        found |= {v for (v,) in conn.execute('SELECT "%s" FROM "%s"' % (column, table)) if v}
         finally:
             conn.close()
     return found
