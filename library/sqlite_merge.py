@@ -10,15 +10,30 @@ module: sqlite_merge
 short_description: Merge SQLite source databases into a target database with every row accounted for
 description:
   - Folds each source database into O(target). Tables the target lacks are created from the source's own
-    schema (indexes and triggers kept); shared tables are matched by name (or O(table_map)) and columns by name;
-    a source column the target lacks is added, never dropped.
-  - Rows are matched by a key (O(keys), else the declared non-integer primary key or a unique constraint).
+    schema, their foreign keys pointed at where their parents went. Same-named tables are matched by name (or
+    O(table_map)) and decided per pair by their keys, not by declared type names.
+  - Same entity, drifted schema (the same primary-key columns, or a natural key from O(keys) on both sides) merges.
+    The columns are the union (source-only columns are added, nullable; target-only columns take their default);
+    inserts name their columns. A value whose storage class the target column's affinity would change (V('007')
+    into a NUMERIC column becomes 7) is never converted silently. It is inserted as the target stores it and recorded
+    with both versions in O(conflicts_table) (resolution V(converted)). With O(on_conflict=fail) it is refused
+    instead, naming the table, column and a sample key.
+  - With a natural key and a primary key that is not it (or of another column or type), the target's key wins.
+    Each source key maps to the key the target holds for that natural key. An unmatched row gets a key of the
+    target's kind (the natural key itself where the target's key holds it, a fresh id otherwise). Every child
+    column that points at a mapped key (declared foreign keys and O(references), of any declared type) is
+    re-pointed; parents go before children whatever the order of the sources.
+  - Rows are matched by that key (else the declared non-integer primary key or a unique constraint).
     Identical rows are skipped and counted, new rows inserted, rows with the same key and different content
     are conflicts, resolved by O(on_conflict) and always recorded with both versions in O(conflicts_table).
   - Tables whose only key is an integer id treat the id as surrogate; a row with the same content is identical,
-    any other row is new and gets a new id if its id is taken; child rows (declared foreign keys and
-    O(references)) follow the new ids, and children of rows matched by natural key are re-pointed to the
-    target row's id. Rows of the target keep their ids.
+    any other row is new and gets a new id if its id is taken; child rows follow the new ids. Rows of the target
+    keep their ids.
+  - Same-named tables whose keys do not correspond (other primary-key columns and no natural key, or a NOT NULL
+    target column the source cannot fill) are kept apart as C(<source stem>_<table>), with working foreign keys;
+    O(clash_policy=refuse) makes that an error.
+  - Views, triggers and indexes of a source are carried over (renamed where their name or table was) or refused
+    by name; triggers and views are created after every source's rows. The result lists every schema object.
   - Sources and the target are read through private copies (WAL content included), so no source file, -wal
     or -shm is modified. The merge runs on a copy of the target, is verified (integrity_check,
     foreign_key_check, source_rows = inserted + identical + conflicts per table), and is written into the
@@ -66,16 +81,19 @@ options:
     default: {}
   clash_policy:
     description:
-      - What a source table does when the target has a table of that name with another shape (other primary key,
-        other column types, or columns missing on both sides). V(fail) stops before anything is written;
-        V(prefix) keeps the source table apart as C(<source stem>_<table>).
+      - What a source table does when the target has a table of that name whose keys do not correspond (other
+        primary-key columns and no natural key in O(keys), or a NOT NULL target column without default that the
+        source lacks). V(prefix) keeps it apart as C(<source stem>_<table>), its foreign keys pointing at the merged
+        or renamed parents; V(refuse) stops before anything is written, naming the table and the reason.
     type: str
-    choices: [fail, prefix]
-    default: fail
+    choices: [prefix, refuse]
+    default: prefix
   references:
     description:
-      - Columns that hold ids of another table without a declared foreign key, per table (see EXAMPLES). The parent is a table of the same source, or C(other.db:table) for a
-        table of an earlier source. A parent the source lacks means the ids already are target ids.
+      - Columns that hold keys of another table without a declared foreign key, per table (see EXAMPLES) or per
+        source (source file name, stem or path -> table -> column -> parent). The parent is a table of the same
+        source, or C(other.db:table) for a table of another source (that source is merged first). A parent the
+        source lacks means the values already are target keys.
     type: dict
     default: {}
   secret_columns:
@@ -115,7 +133,11 @@ options:
     type: path
 notes:
   - Virtual tables and WITHOUT ROWID tables in a source are refused with a clear error.
-  - Triggers of a table kept apart under a new name are not copied (their bodies name tables); they are listed.
+  - A view or trigger body names tables by identifiers; an identifier spelled like a table kept apart is renamed
+    with it. A carried view that does not compile in the target, or a UNIQUE index the merged rows violate, is
+    refused by name (RV(sources[].objects) lists what became of each object).
+  - Keys and rows shown in the result, the diff and error messages are masked where the column name looks secret
+    (O(secret_columns) plus pass, code, pin, otp, nonce, key) or the value looks like a hash or token.
 seealso:
   - name: SQLite online backup API
     link: https://www.sqlite.org/backup.html
@@ -139,11 +161,11 @@ EXAMPLES = r"""
         events: awareness_events
   register: zoe_merge
 
-- name: Show what a merge would do
+- name: Show what a merge would do; refuse tables whose keys do not correspond instead of keeping them apart
   sqlite_merge:
     target: /srv/zoe/data/zoe.db
     sources: [/srv/zoe/data/learning.db]
-    clash_policy: prefix
+    clash_policy: refuse
   check_mode: true
   diff: true
 """
@@ -156,20 +178,43 @@ target:
   sample: /srv/zoe/data/zoe.db
 sources:
   description:
-    - Per source its path, status (V(merged), V(already_merged), V(retired)), sha256 digest and per table the
-      accounting (source_rows, inserted, identical, conflicts, conflicts_source_won, remapped, repointed,
-      action, mode, columns_added).
+    - Per source its path, status (V(merged), V(already_merged), V(retired)), sha256 digest, per table the
+      accounting and decision, and C(objects), what became of each of its tables, indexes, triggers and views
+      (type, name, target_name, action V(created), V(merged), V(kept_apart) or V(present)).
+    - Per table C(source_rows), C(inserted), C(identical), C(conflicts), C(conflicts_source_won), C(converted)
+      (inserted rows with a value the target's type changed, recorded as conflicts), C(remapped), C(repointed),
+      C(action) (create or merge), C(decision) (created, merged or kept_apart, with C(clash) saying why),
+      C(mode), C(columns_added), C(type_differences) (column, both declared types and affinities,
+      values_converted, handling), and with a natural key C(natural_key), C(source_key_mapped),
+      C(keys_to_existing), C(keys_new); C(children_repointed) lists per column the parent and the rows re-pointed.
   returned: always
   type: list
   elements: dict
   sample: [{path: /srv/zoe/data/auth.db, status: merged, source_rows: 4, inserted: 2, identical: 1, conflicts: 1,
-            tables: [{source_table: users, target_table: users, source_rows: 2, inserted: 0, identical: 1,
-                      conflicts: 1, repointed: 2, remapped: 0, columns_added: [last_login]}]}]
+            tables: [{source_table: users, target_table: users, decision: merged, source_rows: 2, inserted: 0,
+                      identical: 1, conflicts: 1, natural_key: [username], source_key_mapped: id -> user_id,
+                      keys_to_existing: 2, keys_new: 0, repointed: 2, remapped: 0, columns_added: [last_login],
+                      type_differences: [{column: created_at, source_type: TEXT, target_type: TIMESTAMP,
+                                          source_affinity: TEXT, target_affinity: NUMERIC, values_converted: 0,
+                                          handling: every new value keeps its type and bytes}]},
+                     {source_table: sessions, target_table: sessions, decision: merged,
+                      children_repointed: [{column: user_id, parent: "auth.db:users", rows: 2}]}],
+            objects: [{type: index, name: idx_users_email, table: users, target_name: idx_users_email,
+                       action: created}]}]
+plan:
+  description: The plan in words, one line per source table (created, merged or kept apart and why, keys mapped,
+    columns added, type differences, children re-pointed) and per index, trigger and view.
+  returned: always
+  type: list
+  elements: str
+  sample: ["auth.db users -> users: 2 source rows = 0 inserted + 1 identical + 1 conflicts (merged; matched by
+            username (source key id -> user_id): 2 key(s) to existing rows, 0 new)"]
 totals:
   description: Sums over all sources.
   returned: always
   type: dict
-  sample: {sources_merged: 5, source_rows: 13, inserted: 10, identical: 2, conflicts: 1, remapped: 5, repointed: 2}
+  sample: {sources_merged: 5, source_rows: 13, inserted: 10, identical: 2, conflicts: 1, converted: 0, remapped: 5,
+           repointed: 2, tables_kept_apart: 1}
 schema_changes:
   description: Tables created and columns added (C(table.column)).
   returned: always
@@ -212,7 +257,7 @@ def main():
             on_conflict=dict(type="str", choices=list(ON_CONFLICT_CHOICES), default="keep_target"),
             newest_column=dict(type="str"),
             table_map=dict(type="dict", default={}),
-            clash_policy=dict(type="str", choices=list(CLASH_POLICY_CHOICES), default="fail"),
+            clash_policy=dict(type="str", choices=list(CLASH_POLICY_CHOICES), default="prefix"),
             references=dict(type="dict", default={}),
             secret_columns=dict(type="list", elements="str", no_log=False),
             ledger_table=dict(type="str", default=DEFAULT_LEDGER_TABLE),

@@ -83,17 +83,44 @@ def test_zoe_events_clash_resolved_by_table_map(zoe):
     assert rows(zoe["zoe"], "SELECT event_type FROM events") == [("learned",)]
 
 
-def test_zoe_events_clash_without_map_fails_before_writing(zoe):
+def test_zoe_events_without_map_merge_as_one_drifted_table(zoe):
+    """Both events tables are keyed by an integer id: the same key, so the union of their columns, not a clash."""
+    result = sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]})
+    assert rows(zoe["zoe"], "SELECT event_type, awareness, reflection FROM events ORDER BY id") == [
+        ("learned", None, None), (None, 0.5, "hmm")]
+    assert table(result, "self_awareness.db", "events")["columns_added"] == ["awareness", "reflection"]
+
+
+def _other_events(zoe):
+    """A self_awareness.db whose events are keyed by a TEXT event_id: not the same thing as learning's events."""
+    os.remove(zoe["self_awareness"])
+    make_db(zoe["self_awareness"], ["CREATE TABLE events (event_id TEXT PRIMARY KEY, awareness REAL NOT NULL, "
+                                    "reflection TEXT)", "CREATE TABLE notes (id INTEGER PRIMARY KEY, event_id TEXT "
+                                    "REFERENCES events(event_id), body TEXT)"],
+            {"events": [("e1", 0.5, "hmm")], "notes": [(1, "e1", "a note")]})
+
+
+def test_zoe_events_with_other_keys_refused_under_clash_policy_refuse(zoe):
+    _other_events(zoe)
     before = snapshot([zoe["zoe"]])
-    with pytest.raises(sm.ShapeClashError, match=r"self_awareness\.db.*events.*table_map.*clash_policy=prefix"):
-        sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]})
+    with pytest.raises(sm.ShapeClashError, match=r"self_awareness\.db: table events cannot merge into table events.*"
+                                                 r"primary keys differ.*clash_policy=refuse"):
+        sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]},
+                           clash_policy="refuse")
     assert snapshot([zoe["zoe"]]) == before
 
 
-def test_zoe_clash_policy_prefix(zoe):
-    sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]},
-                       clash_policy="prefix")
+def test_zoe_events_with_other_keys_kept_apart_with_working_foreign_keys(zoe):
+    _other_events(zoe)
+    result = sm.merge_databases(zoe["zoe"], [zoe[n] for n in ZOE_SOURCES], keys={"users": ["username"]})
+    events = table(result, "self_awareness.db", "events")
+    assert (events["decision"], events["target_table"]) == ("kept_apart", "self_awareness_events")
+    assert "primary keys differ" in events["clash"]
     assert rows(zoe["zoe"], "SELECT reflection FROM self_awareness_events") == [("hmm",)]
+    # notes is new in the target: created, its foreign key pointed at the renamed parent
+    assert rows(zoe["zoe"], "SELECT \"table\" FROM pragma_foreign_key_list('notes')") == [("self_awareness_events",)]
+    assert rows(zoe["zoe"], "PRAGMA foreign_key_check") == []
+    assert any("kept apart as self_awareness_events" in line for line in result["plan"])
 
 
 def test_zoe_conflict_recorded_with_both_versions(zoe):
@@ -469,7 +496,7 @@ def test_source_checks_in_the_background_fail_like_a_sequential_run(tmp_path, na
     threads = threading.active_count()
     before = snapshot([t])
     with pytest.raises(error, match=culprit):
-        sm.merge_databases(t, sources, workdir=str(work))
+        sm.merge_databases(t, sources, workdir=str(work), clash_policy="refuse")
     assert snapshot([t]) == before
     assert os.listdir(work) == []                  # every private copy removed
     assert threading.active_count() == threads     # the background worker is gone
