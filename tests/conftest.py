@@ -23,6 +23,18 @@ if _MU not in ansible.module_utils.__path__:
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
 
+# Fixtures that reach the Docker engine: a test using one (directly or through another fixture) must carry the
+# `docker` marker, so that `-m "not docker"` (tools/test.sh --fast) selects exactly the tests that need no engine.
+DOCKER_FIXTURES = {"docker_engine", "images"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [item.nodeid for item in items
+                if DOCKER_FIXTURES & set(item.fixturenames) and item.get_closest_marker("docker") is None]
+    if unmarked:
+        raise pytest.UsageError("these tests use the Docker engine but are not marked `docker`:\n  " + "\n  ".join(unmarked))
+
+
 def docker_available():
     if shutil.which("docker") is None:
         return False

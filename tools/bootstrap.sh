@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Prepare this machine for the project: the pinned Python virtualenv (.venv) and the local images.
-# Idempotent and quick when nothing changed. Sourced by tools/demo.sh and tools/test.sh.
+# Idempotent and quick when nothing changed. Run by tools/demo.sh and tools/test.sh.
+#   tools/bootstrap.sh              the virtualenv, a compose CLI, the Docker engine check and the images
+#   tools/bootstrap.sh --no-images  the virtualenv and a compose CLI only (tools/test.sh --fast: no engine needed)
 set -euo pipefail
+images=true
+if [ "${1:-}" = --no-images ]; then
+  images=false
+fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv="$repo/.venv"
 stamp="$venv/.requirements.sha256"
@@ -26,14 +32,15 @@ apt_install() {
   "${sudo[@]}" apt-get update -qq && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 
-command -v docker >/dev/null || { log "docker is not installed"; exit 1; }
-docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable"; exit 1; }
 # The tests need a compose CLI (they fail without one). Debian bookworm packages only v1 (docker-compose
 # 1.29.2-3); the code supports v2 (`docker compose`) as well and uses it when the plugin is installed.
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then
   log "installing docker-compose ${ZOE_DOCKER_COMPOSE_VERSION:=1.29.2-3} (no compose CLI found)"
   apt_install "docker-compose=$ZOE_DOCKER_COMPOSE_VERSION"
 fi
+$images || exit 0
+command -v docker >/dev/null || { log "docker is not installed"; exit 1; }
+docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable"; exit 1; }
 if ! docker image inspect "${ZOE_BASE_IMAGE:-zoe-consolidate/base:bookworm}" >/dev/null 2>&1 \
    && ! command -v debootstrap >/dev/null; then
   log "installing debootstrap (needed once, to build the base image)"
