@@ -218,7 +218,7 @@ def validate(files, validate="auto", runner=run):
         if validate == "always":
             raise ValidationError("O(validate=always) but neither `docker compose` nor `docker-compose` is installed")
         return None, "no compose tool on the host"
-    name, skipped = " ".join(tool), None
+    name, skipped, checked = " ".join(tool), None, 0
     for item in compose:
         project_dir = os.path.dirname(os.path.abspath(item.path))
         original = _config_errors(tool, read_bytes(item.path), project_dir, runner)
@@ -229,7 +229,8 @@ def validate(files, validate="auto", runner=run):
         if errors:
             raise ValidationError("the edited %s fails `%s config -q`, nothing was written: %s"
                                   % (item.path, name, errors))
-    return name, skipped
+        checked += 1
+    return (name if checked else None), skipped
 
 
 @contextlib.contextmanager

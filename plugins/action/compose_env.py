@@ -157,7 +157,7 @@ def show_value(name, value):
 
 def _env_encode(style, value):
     """(text to splice, whether it replaces the quotes too) for a new env-file value."""
-    if style == "plain" and value == value.strip() and all(c.isalnum() or c in "_./:@%+,=${}-" for c in value):
+    if style == "plain" and not any(c.isspace() or c in "'\"#\\`" for c in value):
         return value, False
     if style == "single" and "'" not in value and "\n" not in value:
         return value, False
@@ -225,8 +225,9 @@ def compose_document(path, text):
     except yaml.YAMLError as exc:
         raise ParseError("%s is not valid YAML: %s; nothing was written" % (path, exc))
     if len(docs) > 1:
+        marker = text.rfind("---", 0, docs[1].start_mark.index)
         raise ParseError("%s holds %d YAML documents (the second starts at line %d); a compose file is one document, "
-                         "nothing was written" % (path, len(docs), docs[1].start_mark.line + 1))
+                         "nothing was written" % (path, len(docs), text.count("\n", 0, max(marker, 0)) + 1))
     if docs and not isinstance(docs[0], yaml.MappingNode):
         raise ParseError("%s is not a mapping at the top level (a compose file maps services, volumes, ...); nothing "
                          "was written" % path)
