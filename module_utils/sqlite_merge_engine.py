@@ -63,6 +63,7 @@ class _Engine:
         self.row_counts = {}         # target table -> rows, see _target_rows
         self.deferred = []           # (source path, kind, name, sql) of triggers and views, created by finish()
         self.reserved = set()        # lower-case names of the deferred objects
+        self.added = {}              # (target table, column) lower case -> SQL of "holds no value yet", see _decide
         conn.create_function("zoe_fresh_id", 4, _fresh_id, deterministic=True)
 
     def sql(self, text, params=()):
@@ -269,6 +270,7 @@ class _Engine:
         if decision["clash"]:
             decision["decision"] = "kept_apart"
         decision["_plan"] = plan
+        mark = self.one("SELECT coalesce(max(rowid), 0) FROM main.%s" % q(target))
         for col in shape.columns:
             if not tshape.has(col) and col != plan["consumed"]:
                 decl = shape.types[col.lower()]
@@ -278,6 +280,9 @@ class _Engine:
                 self.sql("ALTER TABLE main.%s ADD COLUMN %s %s%s" % (
                     q(target), q(col), decl, " DEFAULT %s" % default if constant else ""))
                 decision["columns_added"].append(col)
+                # The rows the target had read NULL or the default there: no value, which a matched source row fills.
+                self.added[(target.lower(), col.lower())] = "(t.rowid <= %d AND (t.%s IS NULL%s))" % (
+                    mark, q(col), " OR t.%s IS %s" % (q(col), default) if constant else "")
         if plan["consumed"]:
             decision["source_key_mapped"] = "%s -> %s" % (plan["sr"], plan["tr"])
         tr = plan["tr"] or (tshape.pk[0] if len(tshape.pk) == 1 else None)
@@ -447,7 +452,9 @@ class _Engine:
         skip = {c.lower() for c in key} | ({rid.lower()} if rid else set()) | ({src_rid.lower()} if src_rid else set())
         compare = [c for c in cols if c.lower() not in skip and tcol[c]]
         expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
-        cmp_sql = self._compare_sql(shape, tshape, compare, tcol, expr, source_path, shapes)
+        # only rows matched by a key are the same entity; an equal surrogate id or equal content is not enough
+        fill = [c for c in compare if (target.lower(), tcol[c].lower()) in self.added] if mode == "key" else []
+        cmp_sql = self._compare_sql(shape, tshape, compare, tcol, expr, fill)
         match = self._name("match")
         self.sql("CREATE TEMP TABLE %s (srow INTEGER PRIMARY KEY, trow INTEGER NOT NULL, same INTEGER NOT NULL)"
                  % q(match))
@@ -463,6 +470,8 @@ class _Engine:
                 self._match_by_content(shape, tshape, compare, tcol, S, T, M, cmp_sql)
             counts["identical"] = self.one("SELECT count(*) FROM %s WHERE same = 1" % M)
             counts["conflicts"] = self.one("SELECT count(*) FROM %s WHERE same = 0" % M)
+            if fill:
+                counts["filled"] = self._fill(target, fill, tcol, expr, S, T, M)
             self.phase = "merge: id map"
             natural_map = bool(plan and plan["tr"]) and not (
                 tshape.alias and shape.alias and src_rid and rid.lower() == tshape.alias.lower()
@@ -530,17 +539,36 @@ class _Engine:
             self.sql("DROP TABLE IF EXISTS %s" % M)
         return self._check_accounting(source_path, counts)
 
-    def _compare_sql(self, shape, tshape, compare, tcol, expr, source_path, shapes):
+    def _compare_sql(self, shape, tshape, compare, tcol, expr, fill):
         """Rows are identical when every compared value is the same value of the same storage class: where the
-        affinities differ or a key map translates the value, `IS` alone would let '007' equal 7."""
+        affinities differ or a key map translates the value, `IS` alone would let '007' equal 7. A column this
+        merge added (`fill`) holds NULL in the rows the target had before: NULL there is no value, not a
+        difference (_fill copies the source's value in)."""
         parts = []
         for c in compare:
             exact = (affinity(shape.types[c.lower()]) != affinity(tshape.types[tcol[c].lower()])
                      or expr[c] != "s.%s" % q(c))
             t = "t.%s" % q(tcol[c])
-            parts.append("(%s IS %s AND typeof(%s) = typeof(%s))" % (t, expr[c], t, expr[c]) if exact
-                         else "%s IS %s" % (t, expr[c]))
+            part = ("(%s IS %s AND typeof(%s) = typeof(%s))" % (t, expr[c], t, expr[c]) if exact
+                    else "%s IS %s" % (t, expr[c]))
+            parts.append("(%s OR %s)" % (self.added[(tshape.name.lower(), tcol[c].lower())], part) if c in fill
+                         else part)
         return " AND ".join(parts) or "1"
+
+    def _fill(self, target, fill, tcol, expr, S, T, M):
+        """Matched target rows take the source's value in the columns this merge added, where they hold NULL.
+        Returns how many rows were filled."""
+        if not fill:
+            return 0
+        aliases = ["_zm_f%d" % i for i in range(len(fill))]
+        empty = {c: self.added[(target.lower(), tcol[c].lower())] for c in fill}
+        sets = ", ".join("%s = CASE WHEN %s AND x.%s IS NOT NULL THEN x.%s ELSE t.%s END" % (
+            q(tcol[c]), empty[c], a, a, q(tcol[c])) for c, a in zip(fill, aliases))
+        where = " OR ".join("(%s AND x.%s IS NOT NULL)" % (empty[c], a) for c, a in zip(fill, aliases))
+        self.sql("UPDATE %s AS t SET %s FROM (SELECT m.trow AS _zm_trow, %s FROM %s m JOIN %s s ON s.rowid = m.srow) "
+                 "AS x WHERE t.rowid = x._zm_trow AND (%s)" % (
+                     T, sets, ", ".join("%s AS %s" % (expr[c], a) for c, a in zip(fill, aliases)), M, S, where))
+        return self.one("SELECT changes()")
 
     # ---- values whose storage class the target would change
 
