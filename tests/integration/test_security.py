@@ -140,3 +140,35 @@ def test_the_installed_hook_refuses_forbidden_databases(host):
     git(host.root, "rm", "-q", "--cached", "services/cache.bin")
     os.unlink(os.path.join(host.root, "services", "cache.bin"))
     assert git(host.root, "rev-parse", "HEAD").stdout == head
+
+
+# The .env lines of issue 15 item 5, each next to a database line the rewrite edits (so a diff shows them as
+# context): a quoted value with a space and a `#`, *PASS names, a short sk- key, credentials inside a URL.
+ENV_SECRET_LINES = ['JWT_SECRET_2="Zq9leakA part2B#part3C"', "SMTP_PASS=Hunter2-smtp-passD", "DB_PASS=pw-F-secret",
+                    "LITELLM_MASTER_KEY=sk-live-abc123E", "REDIS_URL=redis://:RedisPwG99@redis:6379/0"]
+ENV_SECRETS = ["Zq9leakA", "part2B", "part3C", "Hunter2-smtp-passD", "pw-F-secret", "sk-live-abc123E", "RedisPwG99"]
+
+
+def test_check_diff_vvv_prints_no_env_secret(tmp_path):
+    """`consolidate.yml --check --diff -vvv` (module arguments and results at -vvv) prints none of the .env secrets,
+    though it prints the diff of the lines around them."""
+    zoe = ZoeHost(tmp_path, start=False)
+    try:
+        path = os.path.join(zoe.root, ".env")
+        with open(path) as handle:
+            env = handle.read()
+        assert "SATISFACTION_DB=/app/data/satisfaction.db\n" in env
+        env = env.replace("SATISFACTION_DB=/app/data/satisfaction.db\n",
+                          "SATISFACTION_DB=/app/data/satisfaction.db\n" + "\n".join(ENV_SECRET_LINES) + "\n")
+        with open(path, "w") as handle:
+            handle.write(env)
+        secrets = ENV_SECRETS + list(zoe.record["secrets"].values())
+        result = zoe.playbook("consolidate.yml", "-e", "zoe_manage_services=false", "--check", "--diff", "-vvv")
+        assert result.returncode == 0, result.stdout[-3000:]
+        out = result.stdout + result.stderr
+        assert "+SATISFACTION_DB=/app/data/zoe.db" in out and " SMTP_PASS=********" in out, "no .env diff printed"
+        assert [secret for secret in secrets if secret in out] == []
+        reports = "".join(open(p).read() for p in glob.glob(os.path.join(zoe.reports, "*")))
+        assert [secret for secret in secrets if secret in reports] == []
+    finally:
+        zoe.destroy()
