@@ -6,7 +6,7 @@
 2. The checks on the merged result: quick_check, the full integrity_check, integrity_check per table,
    foreign_key_check.
 3. The online backup of the result into a copy of the target (what apply_merge does), with SQLite's default page
-   cache and with a 16 MiB one (tried in session 3 and not kept: no difference).
+   cache and with a 16 MiB one (the module keeps the default: bench/README.md, sqlite_merge, shows no difference).
 
     .venv/bin/python bench/profile_sqlite_merge.py --workdir /tmp/bench_sqlite_merge_5M
 """
