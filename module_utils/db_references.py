@@ -428,10 +428,6 @@ def review_reason(relpath, text, mapping, pattern):
 
     roles = {}  # (side, role) -> first (line index, name, word)
     for index, column, name, side in hits:
-        line = lines[index]
-        start = _comment_start(line, relpath.lower())
-        if start is not None and column >= start:
-            continue
         role, word = _occurrence_role(relpath, lines, index, column, pattern)
         if role is not None:
             roles.setdefault((side, role), (index, name, word))

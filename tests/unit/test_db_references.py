@@ -243,8 +243,11 @@ REVIEW_CASES = [
      "services:\n  zoe-auth:\n    environment:\n      - DATABASE_PATH=/app/data/auth.db\n"
      "  zoe-core:\n    environment:\n      DATABASE_PATH: /app/data/zoe.db\n", None, None),
     ("scripts/backup.py",
-     'import os\nBACKUP_SOURCES = []\nBACKUP_SOURCES.append("data/auth.db")\n'
+     'import os\nBACKUP_SOURCES = []\nBACKUP_SOURCES.append("data/auth.db")\nBACKUP_SOURCES.append("data/zoe.db")\n'
      'ZOE_DB = os.environ.get("ZOE_DB", "data/zoe.db")\n', None, None),
+    ("services/zoe-core/sync.py",
+     'import sqlite3\nrows = sqlite3.connect("/app/data/auth.db").execute("SELECT username FROM users").fetchall()\n'
+     'sqlite3.connect("/app/data/zoe.db").executemany("INSERT INTO people (name) VALUES (?)", rows)\n', None, None),
     ("services/zoe-core/tasks.py",
      '# the legacy export still reads auth.db\nTARGET = "/app/data/zoe.db"\n', None, None),
     ("docs/OPERATIONS.md",
@@ -254,7 +257,7 @@ REVIEW_CASES = [
 REVIEW_IDS = ["migration-source-target", "migration-src-dst-handles", "attach-python", "attach-shell",
               "validator-lists", "validator-dicts", "mapping-old-new", "guard-json", "copy-command",
               "export-reversed", "doc-same-line", "service-only-retired", "service-both-databases",
-              "compose-like-yaml", "backup-list", "comment-words", "doc-separate-lines"]
+              "compose-like-yaml", "backup-list-same-role", "sql-keywords", "comment-words", "doc-separate-lines"]
 
 
 @pytest.mark.parametrize("relpath, text, sign, lines", REVIEW_CASES, ids=REVIEW_IDS)

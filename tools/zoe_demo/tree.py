@@ -301,6 +301,8 @@ def kind_of(path, line):
         return "doc"
     if stripped.startswith(("#", "//")):
         return "comment"
+    if " # " in line and not REFERENCE_RE.search(line.split(" # ")[0]):
+        return "comment"   # named only in a trailing comment (`target = connect(TARGET_DB)   # writes zoe.db`)
     if "connect(" in line:
         return "connect_call"
     if "getenv(" in line or "environ.get(" in line or ":-" in line:
