@@ -40,8 +40,8 @@ description:
     and does not match C(oauth.db), C(myauth.db), C(zoe-auth.db), C(.auth.db) or C(auth.db.bak)
     (a name followed by more file-name characters is another file)."
   - >-
-    Skipped without being read: directories in O(skip_dirs), paths ignored by C(.gitignore) files when
-    O(respect_gitignore), symbolic links, binary files (a NUL byte in the first 8 KiB) and files larger
+    Skipped without being read: directories in O(skip_dirs), paths ignored by C(.gitignore) files or
+    C(.git/info/exclude) when O(respect_gitignore), symbolic links, binary files (a NUL byte in the first 8 KiB) and files larger
     than O(max_file_size). Skipped files are listed in RV(skipped_files).
   - Diffs and messages are masked for values that look like secrets.
 options:
@@ -91,7 +91,9 @@ options:
     default: ['.git', '.hg', '.svn', 'node_modules', '__pycache__', '.venv', 'venv', '.tox', '.mypy_cache',
               '.pytest_cache', '.cache', '.zoe-consolidate', '.zoe-guard']
   respect_gitignore:
-    description: Skip what the C(.gitignore) files of the tree ignore (root and nested files, negation, dir-only rules).
+    description: >-
+      Skip what the C(.gitignore) files of the tree and its C(.git/info/exclude) ignore (root and nested
+      files, negation, dir-only rules).
     type: bool
     default: true
   max_file_size:

@@ -121,7 +121,10 @@ class GitIgnore(object):
         self.rules = []  # (base_relpath, regex, negated, dir_only)
 
     def load(self, root, reldir):
-        path = os.path.join(root, reldir, ".gitignore")
+        self.load_file(os.path.join(root, reldir, ".gitignore"), reldir)
+
+    def load_file(self, path, reldir):
+        """The rules of one ignore file, relative to reldir (`.gitignore` of that dir, or .git/info/exclude)."""
         try:
             with open(path, "r", encoding="utf-8", errors="replace") as handle:
                 lines = handle.read().splitlines()
@@ -179,11 +182,13 @@ def walk_files(root, include=(), exclude=(), skip_dirs=DEFAULT_SKIP_DIRS, respec
     """The text files under root to look at, and the files skipped with the reason.
 
     Returns (files, skipped): files is a sorted list of root-relative paths; skipped a list of
-    {file, reason}. Directories in skip_dirs (names, or root-relative paths) are not entered;
+    {file, reason}. Ignore rules are those of git: the .gitignore files met and .git/info/exclude. Directories in skip_dirs (names, or root-relative paths) are not entered;
     symlinks are not followed.
     """
     files, skipped = [], []
     ignore = GitIgnore()
+    if respect_gitignore:
+        ignore.load_file(os.path.join(root, ".git", "info", "exclude"), "")
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         reldir = os.path.relpath(dirpath, root)
         reldir = "" if reldir == "." else reldir.replace(os.sep, "/")

@@ -122,6 +122,17 @@ def test_walk_skips_ignored_binary_large_and_skip_dirs(tmp_path):
     assert "logs/x.txt" in files and "node_modules/m.js" in files and "backups/2025/auth.py" not in files
 
 
+def test_walk_honours_git_info_exclude(tmp_path):
+    """The repository's own ignore file (the guard adds its install directory there) counts like a .gitignore."""
+    write(tmp_path, ".git/info/exclude", "# local\n/tools-local/\n")
+    write(tmp_path, "tools-local/copy.py", 'SRC = "auth.db"\n')
+    write(tmp_path, "sub/tools-local/copy.py", 'SRC = "auth.db"\n')
+    files, _ = walk_files(str(tmp_path))
+    assert files == ["sub/tools-local/copy.py"]
+    files, _ = walk_files(str(tmp_path), respect_gitignore=False, skip_dirs=())
+    assert "tools-local/copy.py" in files
+
+
 # --- plan on a small tree ----------------------------------------------------------------------------
 
 @pytest.fixture
