@@ -8,6 +8,7 @@
 #   plugins/{action,filter,lookup,doc_fragments}/ -> plugins/<same>/ (project imports rewritten the same way)
 #   roles/                  -> roles/                 module, lookup, filter and role names by FQCN
 #   consolidate.yml, rollback.yml -> playbooks/       (ansible-playbook zoe.consolidate.consolidate)
+#   galaxy.yml, meta/runtime.yml, README.md, docs/ as they are
 # then `ansible-galaxy collection build`. Install the tarball with
 #   ansible-galaxy collection install build/zoe-consolidate-<version>.tar.gz
 set -euo pipefail
@@ -141,10 +142,8 @@ for name in ("consolidate.yml", "rollback.yml"):
         text = handle.read()
     with open(os.path.join(tree, "playbooks", name), "w") as handle:
         handle.write(yaml_copy(text))
-os.makedirs(os.path.join(tree, "meta"))
-with open(os.path.join(tree, "meta", "runtime.yml"), "w") as handle:
-    handle.write("---\n# ansible-core the collection is tested with (tests/integration/test_collection.py).\nrequires_ansible: '>=2.19.0'\n")
-for name in ("galaxy.yml", "README.md"):
+for name in ("galaxy.yml", "README.md", os.path.join("meta", "runtime.yml")):
+    os.makedirs(os.path.dirname(os.path.join(tree, name)), exist_ok=True)
     shutil.copy2(os.path.join(repo, name), os.path.join(tree, name))
 if os.path.isdir(os.path.join(repo, "docs")):
     shutil.copytree(os.path.join(repo, "docs"), os.path.join(tree, "docs"))
