@@ -354,3 +354,199 @@ def test_a_snapshot_manifest_with_a_root_outside_the_zoe_root_is_refused(host, c
     assert "would restore paths outside %s: %s" % (host.root, elsewhere) in out, out[-3000:]
     assert not os.path.exists(elsewhere)
     assert host.digest() == before and host.containers() == containers
+
+
+# ---------------------------------------------------------------------------------- paths, on a host with no stack
+# A second demo host whose stack is not started (zoe_manage_services=false): the path kinds need no container,
+# and a run that is refused in preflight must leave the tree, the backup root and the lock as they were.
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory):
+    zoe = ZoeHost(tmp_path_factory.mktemp("paths"), start=False)
+    zoe.write_inventory(zoe_manage_services=False)
+    zoe.initial_digest = zoe.digest()
+    yield zoe
+    zoe.destroy()
+
+
+def state_of(host):
+    """The tree digest of the checkout and of every path beside it (the backups, a planted target)."""
+    beside = {name: tree_digest(os.path.join(host.base, name)) if os.path.isdir(os.path.join(host.base, name)) else
+              os.path.lexists(os.path.join(host.base, name))
+              for name in sorted(os.listdir(host.base)) if name not in ("reports", "inventory")}
+    return host.digest(), beside
+
+
+def assert_refused_in_preflight(host, result, before, *needles):
+    """Failed, said why, before the run lock or any write: the tree and everything beside it unchanged."""
+    out = flat(result.stdout)
+    assert result.returncode != 0, out[-3000:]
+    for needle in needles:
+        assert needle in out, "expected %r in the play's output:\n%s" % (needle, out[-3000:])
+    assert "Nothing was changed, no service was stopped" in out
+    assert "Take the run lock" not in out and "Create the backup root" not in out, "refused only after the lock"
+    assert state_of(host) == before, "the host's tree or something beside it changed"
+
+
+def test_a_fold_database_that_is_a_symlink_out_of_data_is_refused_by_name(quiet):
+    """The retire step moves regular files only: a link would stay behind and the smoke test fail in the window."""
+    path = data(quiet, "snapshots.db")
+    moved = os.path.join(quiet.base, "outside-snapshots.db")
+    os.rename(path, moved)
+    os.symlink(moved, path)
+    try:
+        before = state_of(quiet)
+        result = quiet.playbook("consolidate.yml", "-e", "zoe_root=%s/" % quiet.root)
+        assert_refused_in_preflight(quiet, result, before, "%s in zoe_fold_databases is a symbolic link (to %s)"
+                                    % (path, moved), "put the file itself in its place")
+        assert not os.path.exists(os.path.join(quiet.root, "-backups"))
+    finally:
+        os.unlink(path)
+        os.rename(moved, path)
+    assert quiet.digest() == quiet.initial_digest
+
+
+def test_a_fold_database_that_is_a_directory_is_named_a_directory(quiet):
+    path = data(quiet, "auth.db")
+    os.rename(path, path + ".kept")
+    os.mkdir(path)
+    try:
+        before = state_of(quiet)
+        result = quiet.playbook("consolidate.yml")
+        assert_refused_in_preflight(quiet, result, before, "%s in zoe_fold_databases is a directory, not a database "
+                                    "file" % path)
+        assert "does not exist" not in flat(result.stdout)
+    finally:
+        os.rmdir(path)
+        os.rename(path + ".kept", path)
+    assert quiet.digest() == quiet.initial_digest
+
+
+def test_zoe_root_slash_is_named_the_filesystem_root(quiet):
+    before = state_of(quiet)
+    result = quiet.playbook("consolidate.yml", "-e", "zoe_root=/")
+    assert_refused_in_preflight(quiet, result, before, "zoe_root=/ resolves to the filesystem root /, not to a Zoe checkout")
+    assert "must be an absolute path" not in flat(result.stdout)
+
+
+def test_a_backup_root_that_is_a_symlink_into_data_is_refused_before_anything_is_written(quiet):
+    target = data(quiet, "bk2")
+    os.mkdir(target)
+    os.chmod(target, 0o755)
+    os.symlink(target, quiet.backups)
+    try:
+        before = state_of(quiet)
+        result = quiet.playbook("consolidate.yml")
+        assert_refused_in_preflight(quiet, result, before, "zoe_backup_root=%s resolves to %s, inside the data "
+                                    "directory %s" % (quiet.backups, target, os.path.dirname(target)))
+        assert os.listdir(target) == [] and os.stat(target).st_mode & 0o777 == 0o755
+    finally:
+        os.unlink(quiet.backups)
+        os.rmdir(target)
+    assert quiet.digest() == quiet.initial_digest
+
+
+def test_a_backup_root_inside_data_is_refused_before_the_lock(quiet):
+    before = state_of(quiet)
+    inside = data(quiet, "bk")
+    result = quiet.playbook("consolidate.yml", "-e", "zoe_backup_root=%s" % inside)
+    assert_refused_in_preflight(quiet, result, before, "zoe_backup_root=%s resolves to %s, inside the data directory"
+                                % (inside, inside))
+    assert not os.path.exists(inside)
+
+
+def chattr_or_skip(flag, path):
+    if shutil.which("chattr") is None or subprocess.run(["chattr", flag, path], capture_output=True).returncode:
+        pytest.skip("the filesystem of %s has no immutable flag" % path)
+
+
+def test_an_immutable_fold_file_is_refused_in_preflight_by_name(quiet):
+    """chattr +i: even root cannot move the file; the retire step inside the window would fail on it."""
+    path = data(quiet, "tool_registry.db")
+    chattr_or_skip("+i", path)
+    try:
+        before = state_of(quiet)
+        result = quiet.playbook("consolidate.yml")
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+    assert_refused_in_preflight(quiet, result, before, "%s is immutable (chattr; lsattr shows it): the run cannot move it"
+                                % path, "Clear the flag (chattr -i)")
+    assert "Merge the databases" not in result.stdout
+
+
+def test_an_immutable_compose_file_is_refused_in_preflight_by_name(quiet):
+    path = os.path.join(quiet.root, "docker-compose.yml")
+    chattr_or_skip("+i", path)
+    try:
+        before = state_of(quiet)
+        result = quiet.playbook("consolidate.yml")
+    finally:
+        subprocess.run(["chattr", "-i", path], check=True)
+    assert_refused_in_preflight(quiet, result, before, "%s is immutable (chattr; lsattr shows it): the run cannot "
+                                "rewrite it" % path)
+
+
+# The three runs below change the host and roll it back; they come after the refusals.
+
+def test_a_trailing_slash_root_keeps_the_backups_beside_it_and_a_failed_run_rolls_back(quiet):
+    """zoe_root=DIR/zoe/: the backups go to DIR/zoe-backups, and the run's own rollback accepts its snapshot.
+
+    The failure comes after the rollback point: an unknown SQLite file in data/ (left alone by the plan) fails
+    the smoke test's "only the kept databases remain".
+    """
+    extra = data(quiet, "extra.db")
+    conn = sqlite3.connect(extra)
+    conn.execute("CREATE TABLE t (x)")
+    conn.commit()
+    conn.close()
+    try:
+        before = quiet.digest()
+        result = quiet.playbook("consolidate.yml", "-e", "zoe_root=%s/" % quiet.root)
+        out = flat(result.stdout)
+        assert result.returncode != 0
+        assert "Smoke test failed on the databases" in out, out[-3000:]
+        assert "The host was rolled back to snapshot" in out and "would restore paths outside" not in out
+        assert quiet.digest() == before, "the failed run was not rolled back byte for byte"
+        assert not os.path.exists(os.path.join(quiet.root, "-backups"))
+        assert os.path.isdir(quiet.backups)
+    finally:
+        os.unlink(extra)
+    assert quiet.digest() == quiet.initial_digest
+
+
+def test_a_symlinked_zoe_root_is_resolved_and_rolls_back_under_another_spelling(quiet):
+    link = os.path.join(quiet.base, "zoe-link")
+    os.symlink(quiet.root, link)
+    try:
+        result = quiet.playbook("consolidate.yml", "-e", "zoe_root=%s" % link)
+        assert result.returncode == 0, flat(result.stdout)[-3000:]
+        assert quiet.data_files() == ["memory.db", "zoe.db"]
+        assert not os.path.exists(link + "-backups"), "the backups follow the resolved checkout"
+        dotted = os.path.join(quiet.base, "reports", "..", "zoe")
+        back = quiet.playbook("rollback.yml", "-e", "zoe_root=%s" % dotted)
+        assert back.returncode == 0, flat(back.stdout)[-3000:]
+    finally:
+        os.unlink(link)
+    assert quiet.digest() == quiet.initial_digest
+
+
+def test_an_env_file_that_is_a_symlink_is_followed_and_stays_a_link(quiet):
+    """.env -> .env.production: the target is planned, snapshotted, rewritten and restored; the link is kept."""
+    env, real = os.path.join(quiet.root, ".env"), os.path.join(quiet.root, ".env.production")
+    os.rename(env, real)
+    os.symlink(".env.production", env)
+    try:
+        before, text = quiet.digest(), open(real).read()
+        assert "/app/data/satisfaction.db" in text
+        result = quiet.playbook("consolidate.yml")
+        assert result.returncode == 0, flat(result.stdout)[-3000:]
+        assert os.readlink(env) == ".env.production"
+        after = open(real).read()
+        assert "/app/data/satisfaction.db" not in after and "SATISFACTION_DB=/app/data/zoe.db" in after
+        back = quiet.playbook("rollback.yml")
+        assert back.returncode == 0, flat(back.stdout)[-3000:]
+        assert quiet.digest() == before and os.readlink(env) == ".env.production"
+    finally:
+        os.unlink(env)
+        os.rename(real, env)
+    assert quiet.digest() == quiet.initial_digest
