@@ -478,29 +478,29 @@ def differences(old, new):
 def zoe_plan_refusals(pinned, plan):
     """Why the pinned plan does not hold for `plan`, one sentence each; [] when it holds.
 
-    `pinned` is the zoe_plan lookup's answer: {path, plan} or {path, error}.
+    `pinned` is the zoe_plan lookup's answer: {path, plan} or {path, error}. The sentences about the file itself say
+    "it" (the caller names the file first); an error of the lookup names its path.
     """
     if not isinstance(pinned, dict):
         raise PlanError("zoe_plan_refusals expects the zoe_plan lookup's answer, got %s" % type(pinned).__name__)
     pinned, plan = _plain(pinned), _plain(plan)
-    path = pinned.get("path") or "the plan"
     if pinned.get("error"):
         return [pinned["error"]]
     old = pinned.get("plan")
     if not isinstance(old, dict):
-        return ["%s is not a plan file (a JSON object with format and plan_id)" % path]
+        return ["it is not a plan file (a JSON object with format and plan_id)"]
     if old.get("format") != FORMAT:
         if "format" not in old:
-            return ["%s has no format: it is not a plan file" % path]
-        return ["%s is a plan of format %s; this version of zoe-consolidate reads plans of format %d only"
-                % (path, _say(old.get("format")), FORMAT)]
+            return ["it has no format: it is not a plan file"]
+        return ["it is a plan of format %s; this version of zoe-consolidate reads plans of format %d only"
+                % (_say(old.get("format")), FORMAT)]
     if old.get("plan_id") != plan_id(old):
-        return ["%s does not match its plan id %s: its content was changed after the dry run wrote it"
-                % (path, _say(old.get("plan_id")))]
+        return ["it does not match its plan id %s: its content was changed after the dry run wrote it"
+                % _say(old.get("plan_id"))]
     if old.get("host") != plan.get("host"):
-        return ["%s is a plan for another host (%s), not %s" % (path, old.get("host"), plan.get("host"))]
+        return ["it is a plan for another host (%s), not %s" % (old.get("host"), plan.get("host"))]
     if old.get("zoe_root") != plan.get("zoe_root"):
-        return ["%s is a plan for another checkout (%s), not %s" % (path, old.get("zoe_root"), plan.get("zoe_root"))]
+        return ["it is a plan for another checkout (%s), not %s" % (old.get("zoe_root"), plan.get("zoe_root"))]
     return differences(old, plan)
 
 
