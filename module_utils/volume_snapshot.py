@@ -604,8 +604,11 @@ def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_m
                       roots=[root["path"] for root in manifest["roots"]], skipped=0, **manifest["totals"])
         return Plan(False, result)
     roots = resolve_roots(paths, volumes, docker_cli)
+    # Compared as real paths: a backup root that is a symlink into a source lies inside it.
+    real_backup = os.path.realpath(backup_root)
     for root in roots:
-        if root["path"] == backup_root or backup_root.startswith(root["path"] + os.sep):
+        real = os.path.realpath(root["path"])
+        if real == real_backup or real_backup.startswith(real + os.sep):
             raise SourceError("O(backup_root) %s lies inside the snapshotted path %s" % (backup_root, root["path"]))
     entries, skipped = [], 0
     for index, root in enumerate(roots):

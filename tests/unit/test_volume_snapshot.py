@@ -548,6 +548,13 @@ def test_backup_root_inside_the_sources_is_refused(data_tree):
         plan_snapshot(str(data_tree / "backups"), [str(data_tree)])
 
 
+def test_backup_root_that_is_a_symlink_into_the_sources_is_refused(data_tree, tmp_path):
+    (data_tree / "bk2").mkdir()
+    (tmp_path / "backups").symlink_to(data_tree / "bk2")
+    with pytest.raises(SourceError, match="backups/deeper lies inside the snapshotted path %s" % data_tree):
+        plan_snapshot(str(tmp_path / "backups" / "deeper"), [str(data_tree)])
+
+
 def test_named_snapshot_is_idempotent(data_tree, tmp_path):
     first = take(tmp_path / "bk", [data_tree], snapshot="run-42")
     again = plan_snapshot(str(tmp_path / "bk"), [str(data_tree)], snapshot="run-42")
