@@ -223,7 +223,8 @@ def validate(files, validate="auto", runner=run):
         project_dir = os.path.dirname(os.path.abspath(item.path))
         original = _config_errors(tool, read_bytes(item.path), project_dir, runner)
         if original:
-            skipped = "%s already fails `%s config -q` before the edit: %s" % (item.path, name, original.splitlines()[0])
+            skipped = "%s already fails `%s config -q` before the edit: %s" % (item.path, name,
+                                                                              original.splitlines()[0])
             continue
         errors = _config_errors(tool, item.after, project_dir, runner)
         if errors:

@@ -207,8 +207,11 @@ def test_follow_env_files_rewrites_the_env_file(host):
 # The secrets of issue 15 item 5: a space and a `#` inside a quoted value, *PASS names, a short sk- key, a URL.
 ISSUE_SECRETS = ['JWT_SECRET="Zq9leakA part2B#part3C"', "SMTP_PASS=Hunter2-smtp-passD", "DB_PASS=pw-F-secret",
                  "LITELLM_MASTER_KEY=sk-live-abc123E", "REDIS_URL=redis://:RedisPwG99@redis:6379/0"]
+# A secret whose name and shape say nothing: only the rule "every value not being edited is masked" hides it.
+ISSUE_SECRETS.append("WEBHOOK_TARGET=opaque-Q7value")
 SECRET_STRINGS = ["Zq9leakA", "part2B", "part3C", "Hunter2-smtp-passD", "pw-F-secret", "sk-live-abc123E", "RedisPwG99",
-                  "8f14e45fceea167a5a36dedd4bea2543", "correct-horse-battery", "sk-abcdefghijklmnopqrstuvwx"]
+                  "8f14e45fceea167a5a36dedd4bea2543", "correct-horse-battery", "sk-abcdefghijklmnopqrstuvwx",
+                  "opaque-Q7value"]
 
 
 def test_secrets_are_masked_in_diffs_and_changes(host):
@@ -508,6 +511,16 @@ def test_env_file(host, options, replacements):
     with open(path, "w") as handle:
         handle.write(plan.files[0].after)
     assert not plan_compose_env(path, **options).changed
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_env_file_with_a_byte_order_mark(tmp_path, newline):
+    path = tmp_path / ".env"
+    text = "\ufeffDB=/app/data/auth.db%sexport B='/app/data/auth.db' # c%s" % (newline, newline)
+    path.write_bytes(text.encode())
+    plan = plan_compose_env(path, rewrite={"auth.db": "zoe.db"})
+    assert plan.files[0].after == text.replace("auth.db", "zoe.db")
+    assert [c["key"] for c in plan.changes] == ["DB", "B"]
 
 
 @pytest.mark.parametrize("text", ["A=1\nnot an assignment\n", 'A="open\n', "A='x' trailing\n"],
