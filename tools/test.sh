@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test commands.
 #   tools/test.sh                  everything: lint, every pytest test, the Molecule scenarios (needs Docker; CI runs this)
-#   tools/test.sh --fast           the contributor loop: lint and every test not marked `docker` (no engine used)
+#   tools/test.sh --fast           the contributor loop: lint (beside pytest) and every test not marked `docker`
 #   tools/test.sh [--fast] -k merge   extra arguments go to pytest (lint, and Molecule without --fast, still run)
 # --fast points DOCKER_HOST at a socket that does not exist, so a test that reaches the engine without the
 # `docker` marker fails there instead of passing by accident (tests/conftest.py also refuses, at collection, a
@@ -22,15 +22,26 @@ fi
 export PATH="$repo/.venv/bin:$PATH"
 export ANSIBLE_CONFIG="$repo/ansible.cfg"
 
-echo "== yamllint"
-yamllint -s .
-echo "== ansible-lint (production profile)"
-ansible-lint --offline -q
+lint() {
+  echo "== yamllint"
+  yamllint -s .
+  echo "== ansible-lint (production profile)"
+  ansible-lint --offline -q
+}
 if $fast; then
-  echo "== pytest -m 'not docker' (no Docker engine)"
-  DOCKER_HOST="unix://$repo/.no-docker-in-the-fast-loop.sock" pytest -m "not docker" "$@"
-  exit 0
+  # Lint on one core while pytest runs on the other; the loop fails when either fails.
+  lint_log=$(mktemp)
+  trap 'rm -f "$lint_log"' EXIT
+  lint >"$lint_log" 2>&1 &
+  lint_pid=$!
+  echo "== pytest -m 'not docker' (no Docker engine; lint runs beside it)"
+  status=0
+  DOCKER_HOST="unix://$repo/.no-docker-in-the-fast-loop.sock" pytest -m "not docker" "$@" || status=$?
+  wait "$lint_pid" || status=$((status ? status : 1))
+  cat "$lint_log"
+  exit "$status"
 fi
+lint
 echo "== pytest"
 pytest "$@"
 if compgen -G "molecule/*/molecule.yml" >/dev/null; then
