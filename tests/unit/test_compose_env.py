@@ -740,8 +740,12 @@ def _quote(value, style):
 
 @settings(max_examples=150, deadline=None)
 @given(values=st.lists(st.tuples(_PIECES, st.sampled_from(["plain", "single", "double"]),
-                                 st.sampled_from(["list", "map"])), min_size=1, max_size=6))
-def test_property_rewrite_keeps_data_meaning(tmp_path_factory, values):
+                                 st.sampled_from(["list", "map"])), min_size=1, max_size=6),
+       share=st.sampled_from(["none", "alias", "merge"]), newline=st.sampled_from(["\n", "\r\n"]))
+def test_property_rewrite_keeps_data_meaning(tmp_path_factory, values, share, newline):
+    """PyYAML reads the edited file as the original with exactly the planned values changed, every other byte and
+    line ending kept, and changed_services is exactly the services whose loaded configuration differs (a map
+    environment shared by another service through an alias or a merge key included)."""
     lines = ["services:", "  s:", "    image: x"]
     list_items = [(v, style) for v, style, form in values if form == "list"]
     map_items = [(v, style) for v, style, form in values if form == "map"]
@@ -750,14 +754,22 @@ def test_property_rewrite_keeps_data_meaning(tmp_path_factory, values):
                                                      plain_ok("K%d=%s" % (i, v)) else "double")
                                          for i, (v, s) in enumerate(list_items)]
     if map_items:
-        lines += ["  t:", "    environment:"] + ["      K%d: %s" % (i, _quote(v, s if s != "plain" or plain_ok(v) else "single"))
-                                                  for i, (v, s) in enumerate(map_items)]
-    text = "\n".join(lines) + "\n"
+        lines += ["  t: &t", "    environment: &e"] + [
+            "      K%d: %s" % (i, _quote(v, s if s != "plain" or plain_ok(v) else "single"))
+            for i, (v, s) in enumerate(map_items)]
+        lines += {"none": [], "alias": ["  u:", "    image: y", "    environment: *e"],
+                  "merge": ["  u:", "    <<: *t", "    image: y"]}[share]
+    text = newline.join(lines) + newline
     path = tmp_path_factory.mktemp("prop") / "docker-compose.yml"
-    path.write_text(text)
+    path.write_bytes(text.encode())
     plan = plan_compose_env(str(path), rewrite={"auth.db": "zoe.db"})
-    assert yaml.safe_load(plan.files[0].after) == replace_strings(yaml.safe_load(text), {"auth.db": "zoe.db"})
-    path.write_text(plan.files[0].after)
+    after = plan.files[0].after
+    before_data, after_data = yaml.safe_load(text), yaml.safe_load(after)
+    assert after_data == replace_strings(before_data, {"auth.db": "zoe.db"})
+    assert after.count("\r\n") == text.count("\r\n") and len(after.splitlines()) == len(lines)
+    assert plan.changed_services() == sorted(name for name in before_data["services"]
+                                             if before_data["services"][name] != after_data["services"][name])
+    path.write_bytes(after.encode())
     assert not plan_compose_env(str(path), rewrite={"auth.db": "zoe.db"}).changed
 
 
