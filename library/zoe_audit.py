@@ -16,7 +16,12 @@ description:
   - Reads every database through a private copy of the file and its C(-wal), so the source, its C(-wal)
     and its C(-shm) are never touched (not even their mtime) and committed WAL content is counted.
   - Reports integrity, row counts, the merge ledger of the primary database, the size of O(data_dir) and
-    the free space where the backup will go. Never changes anything.
+    the free space where the backup will go. Never changes anything of the tree.
+  - Opens only regular files; a named pipe, socket or device named like a database (C(*.db), C(*.sqlite),
+    C(*.sqlite3), C(*.db3) or a name of O(keep) or O(fold)) is reported in RV(special_files), never opened.
+  - Outside check mode, first removes from the temporary directory what an audit killed with SIGKILL left
+    (its copies, its unpacked module payload), the directories of this user whose live mark no process holds
+    (RV(leftovers_removed)). SIGTERM and SIGHUP end the module through its cleanup.
 extends_documentation_fragment:
   - action_common_attributes
   - zoe.read_only
@@ -202,6 +207,20 @@ not_databases:
   type: list
   elements: str
   sample: [data/empty.db]
+special_files:
+  description: Files named like a database that are not regular files (named pipe, socket, device); never opened.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - relpath: data/snapshots.db
+      kind: a named pipe (FIFO)
+leftovers_removed:
+  description: Temporary directories of killed audits removed before this one ran (none in check mode).
+  returned: always
+  type: list
+  elements: str
+  sample: [/tmp/zoe-audit-3k2j1x9q]
 root:
   description: O(root) as a real path.
   returned: always
@@ -214,12 +233,19 @@ data_dir:
   sample: /srv/zoe/data
 """
 
+import tempfile
+
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils import zoe_audit as zoe_audit_utils
 from ansible.module_utils.zoe_audit import (DEFAULT_LEDGER_TABLE, DEFAULT_PRIMARY, AuditError, AuditOptions,
-                                            audit_host)
+                                            audit_host, end_on_signals, hold_live_mark, payload_dir, sweep_dead)
 
 
 def main():
+    end_on_signals()
+    payload = payload_dir(zoe_audit_utils.__file__)
+    if payload:
+        hold_live_mark(payload)  # its descriptor stays open, and the flock held, until the process ends
     argument_spec = dict(
         root=dict(type="path", required=True),
         data_dir=dict(type="path", required=True),
@@ -235,6 +261,7 @@ def main():
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     p = module.params
+    removed = [] if module.check_mode else sweep_dead(tempfile.gettempdir())
     try:
         opts = AuditOptions(p["root"], p["data_dir"], keep=p["keep"], fold=p["fold"], exclude=p["exclude"],
                             integrity=p["integrity"], counts=p["counts"], backup_root=p["backup_root"],
@@ -243,7 +270,7 @@ def main():
         result = audit_host(opts)
     except AuditError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, **result)
+    module.exit_json(changed=False, leftovers_removed=removed, **result)
 
 
 if __name__ == "__main__":

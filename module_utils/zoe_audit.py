@@ -12,24 +12,39 @@ Why it works the way it does:
   transactions that live only in the -wal.
 - The primary database's merge ledger is read from the same copy, so a rerun knows what is already merged
   even after the fold files left data/.
+- Only regular files are opened, and with O_NONBLOCK: a FIFO, socket or device would block a read forever (a
+  FIFO named like a database hung the audit). Such a file named like a database is a finding (`special_files`).
+- The temporary files of an audit (its copies of the databases, and the module payload Ansible unpacks into the
+  temporary directory) carry a mark that the live audit holds an flock on; the next audit removes those whose
+  mark nobody holds, which is what an audit killed with SIGKILL leaves. SIGTERM and SIGHUP end the module
+  through its normal cleanup.
 """
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import os
 import shutil
+import signal
 import sqlite3
+import stat
 import tempfile
 
-from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, foreign_key_errors, integrity_errors, is_sqlite_file,
-                                             nearest_existing, quote_identifier, table_names)
+from ansible.module_utils.zoe_sqlite import (SQLITE_HEADER, SQLiteFileError, consistent_copy, foreign_key_errors,
+                                             integrity_errors, nearest_existing, quote_identifier, table_names)
 
 DEFAULT_LEDGER_TABLE = "_zoe_merge_ledger"
 DEFAULT_PRIMARY = "zoe.db"
 SIDECAR_SUFFIXES = ("-wal", "-shm", "-journal")
 ALWAYS_SKIPPED_DIRS = (".git",)
 CLASSES = ("keep", "fold", "unknown")
+DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3", ".db3")
+SPECIAL_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+LIVE_MARK = ".zoe-live"
+WORKDIR_PREFIX = "zoe-audit-"
+PAYLOAD_PREFIX = "ansible_zoe_audit_payload_"
 
 
 class AuditError(Exception):
@@ -108,12 +123,40 @@ def walk_files(top, opts):
                 yield path
 
 
+def special_kind(st):
+    """'a named pipe (FIFO)', 'a socket', ... for a file that is neither regular nor a directory, else None."""
+    return next((kind for test, kind in SPECIAL_KINDS if test(st.st_mode)), None)
+
+
+def looks_like_database(name, opts):
+    return name.endswith(DATABASE_SUFFIXES) or name in opts.keep or name in opts.fold
+
+
+def has_sqlite_header(path):
+    """True when `path` is a regular file that starts with the SQLite header.
+
+    Opened with O_NONBLOCK and checked with fstat before reading: a file swapped for a FIFO after the walk's
+    stat cannot block the audit.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def find_sqlite_files(opts):
-    """(databases, not_databases): SQLite files of the tree (and of data_dir when it lies outside the tree),
-    each file once even when reached through a hard or symbolic link; and the data_dir files named *.db
-    that are not SQLite."""
+    """(databases, not_databases, special_files): SQLite files of the tree (and of data_dir when it lies outside
+    the tree), each file once even when reached through a hard or symbolic link; the data_dir files named *.db
+    that are not SQLite; and the special files (FIFO, socket, device) named like a database, as (path, kind).
+    Only regular files are ever opened."""
     tops = [opts.root] if _is_under(opts.data_dir, opts.root) else [opts.root, opts.data_dir]
-    seen, found, not_databases = set(), [], []
+    seen, found, not_databases, special = set(), [], [], []
     for top in tops:
         for path in walk_files(top, opts):
             name = os.path.basename(path)
@@ -126,11 +169,14 @@ def find_sqlite_files(opts):
             if (st.st_dev, st.st_ino) in seen:
                 continue
             seen.add((st.st_dev, st.st_ino))
-            if is_sqlite_file(path):
+            if not stat.S_ISREG(st.st_mode):
+                if looks_like_database(name, opts):
+                    special.append((path, special_kind(st) or "not a regular file"))
+            elif has_sqlite_header(path):
                 found.append(path)
             elif name.endswith(".db") and os.path.dirname(path) == opts.data_dir:
                 not_databases.append(path)
-    return found, not_databases
+    return found, not_databases, special
 
 
 def classify(path, opts):
@@ -226,14 +272,86 @@ def free_bytes(path):
     return st.f_bavail * st.f_frsize
 
 
+# ------------------------------------------------------------------------------------ temporary files
+
+def make_live_dir(prefix, parent=None):
+    """A new private directory holding a live mark this process keeps an flock on; returns (path, mark fd).
+
+    The mark is locked before it is renamed into place, so a sweep never sees an unlocked mark of a live
+    process. The kernel drops the flock when the process dies, however it dies.
+    """
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    return path, hold_live_mark(path)
+
+
+def hold_live_mark(directory):
+    """Put a live mark into `directory` (its owner is this process as long as the returned fd stays open)."""
+    fd, tmp = tempfile.mkstemp(prefix=".zoe-mark-", dir=directory)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.rename(tmp, os.path.join(directory, LIVE_MARK))
+    return fd
+
+
+def payload_dir(module_file):
+    """The directory Ansible unpacked this module's payload into (the parent of `*_payload.zip`), or None
+    when the module does not run from an Ansible payload (unit tests)."""
+    parts = os.path.abspath(module_file).split(os.sep)
+    for index, part in enumerate(parts):
+        if part.endswith("_payload.zip"):
+            directory = os.sep.join(parts[:index]) or os.sep
+            return directory if os.path.basename(directory).startswith(PAYLOAD_PREFIX) else None
+    return None
+
+
+def sweep_dead(tmpdir, prefixes=(PAYLOAD_PREFIX, WORKDIR_PREFIX)):
+    """Remove the directories of `tmpdir` named with one of `prefixes`, owned by this user, whose live mark no
+    process holds: what an audit killed with SIGKILL left. A directory without a mark is left alone."""
+    removed = []
+    try:
+        names = sorted(os.listdir(tmpdir))
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(tmpdir, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not name.startswith(tuple(prefixes)) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            continue
+        try:
+            fd = os.open(os.path.join(path, LIVE_MARK), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live audit holds it
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def end_on_signals():
+    """SIGTERM and SIGHUP end the module through SystemExit, so every `finally` (the removal of the copies and of
+    Ansible's payload directory) runs, as it does for SIGINT."""
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def audit_host(opts):
     """The whole audit as one result dict (see the module's RETURN). Reads only private copies."""
-    paths, not_databases = find_sqlite_files(opts)
-    workdir = tempfile.mkdtemp(prefix="zoe-audit-")
+    paths, not_databases, special = find_sqlite_files(opts)
+    workdir, mark = make_live_dir(WORKDIR_PREFIX)
     try:
         pairs = [inspect_database(p, opts, workdir) for p in paths]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+        os.close(mark)
     databases = [entry for entry, _ in pairs]
     merged = [row for _, ledger in pairs for row in ledger]
     in_data = {d["name"] for d in databases if os.path.dirname(d["path"]) == opts.data_dir}
@@ -258,6 +376,7 @@ def audit_host(opts):
         "integrity_failures": failures,
         "foreign_key_failures": fk_failures,
         "not_databases": [os.path.relpath(p, opts.root) for p in not_databases],
+        "special_files": [{"relpath": os.path.relpath(p, opts.root), "kind": kind} for p, kind in special],
     }
     if opts.backup_root:
         result["free_path"] = nearest_existing(opts.backup_root)

@@ -116,6 +116,25 @@ def play_pausing_at(host, header, action, *args):
     return proc.returncode, "".join(lines)
 
 
+# -- a FIFO named like a database ----------------------------------------------------------------------
+
+def test_a_fifo_named_like_a_fold_database_is_refused_by_name(host):
+    fifo = os.path.join(host.root, "data", "snapshots.db")
+    os.rename(fifo, fifo + ".real")
+    os.mkfifo(fifo)
+    try:
+        before = every_byte(host.root)
+        result = host.playbook("consolidate.yml", timeout=300)
+        assert result.returncode != 0
+        assert "data/snapshots.db is a named pipe (FIFO), not a database file" in result.stdout
+        assert "Nothing was changed, no service was stopped" in result.stdout
+        assert every_byte(host.root) == before
+        assert not os.path.exists(host.backups)
+    finally:
+        os.unlink(fifo)
+        os.rename(fifo + ".real", fifo)
+
+
 # -- two runs at once ----------------------------------------------------------------------------------
 
 def test_a_run_refused_at_the_lock_touches_nothing_of_the_run_holding_it(host):

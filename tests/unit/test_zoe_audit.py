@@ -3,14 +3,19 @@
 import hashlib
 import json
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
-from ansible.module_utils.zoe_audit import (AuditOptions, DataDirMissingError, RootMissingError, audit_host,
-                                            classify, find_sqlite_files, nearest_existing)
+from ansible.module_utils.zoe_audit import (LIVE_MARK, PAYLOAD_PREFIX, WORKDIR_PREFIX, AuditOptions, DataDirMissingError,
+                                            RootMissingError, audit_host, classify, find_sqlite_files, nearest_existing,
+                                            sweep_dead)
 from zoe_demo import FOLD_DATABASES, KEEP_DATABASES, build_demo_host
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,11 +45,13 @@ def corrupt(path):
 
 
 def snapshot(root):
-    """(relpath -> (sha256, mtime_ns, size)) of every file: proves an audit changed nothing."""
+    """(relpath -> (sha256, mtime_ns, size)) of every regular file: proves an audit changed nothing."""
     state = {}
     for dirpath, _, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
+            if not os.path.isfile(path):
+                continue
             with open(path, "rb") as handle:
                 digest = hashlib.sha256(handle.read()).hexdigest()
             st = os.stat(path)
@@ -197,7 +204,7 @@ def test_integrity_and_counts_can_be_skipped(tree):
 def test_duplicate_links_are_reported_once(tree):
     root, _ = tree
     os.symlink(os.path.join(root, "data", "auth.db"), os.path.join(root, "services", "auth-link.db"))
-    found, _ = find_sqlite_files(options(root))
+    found, _, _ = find_sqlite_files(options(root))
     rel = sorted(os.path.relpath(p, os.path.realpath(root)) for p in found)
     assert "services/auth-link.db" not in rel
     assert rel.count("data/auth.db") == 1
@@ -292,3 +299,124 @@ def test_foreign_key_violations_are_reported_when_asked(tmp_path):
         {"relpath": "data/zoe.db", "violations": 1, "sample": [["sessions", 2, "users", 0]]}]
     unchecked = audit_host(AuditOptions(str(tmp_path), str(data), keep=["zoe.db"]))
     assert unchecked["foreign_key_failures"] == []
+
+
+# -- special files and killed audits ------------------------------------------------------------------
+
+def test_special_files_named_like_a_database_are_reported_by_name_and_never_opened(tree):
+    """A FIFO opened for reading blocks until a writer comes: the audit must never open one."""
+    root, _ = tree
+    os.mkfifo(os.path.join(root, "data", "sessions.db"))          # a fold name
+    os.mkfifo(os.path.join(root, "services", "cache.sqlite"))     # named like a database, outside data/
+    os.mkfifo(os.path.join(root, "services", "events.pipe"))      # not named like one: skipped, not reported
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(os.path.join(root, "data", "agent.db"))
+    before = snapshot(root)
+    done = {}
+    worker = threading.Thread(target=lambda: done.update(result=audit_host(options(root))), daemon=True)
+    worker.start()
+    worker.join(60)
+    sock.close()
+    assert not worker.is_alive(), "the audit hangs on a special file"
+    result = done["result"]
+    assert result["special_files"] == [{"relpath": "data/agent.db", "kind": "a socket"},
+                                       {"relpath": "data/sessions.db", "kind": "a named pipe (FIFO)"},
+                                       {"relpath": "services/cache.sqlite", "kind": "a named pipe (FIFO)"}]
+    assert "data/sessions.db" not in by_relpath(result) and result["fold_missing"] == ["sessions.db"]
+    assert snapshot(root) == before
+
+
+HOLD_MARK = r"""
+import sys
+import ansible.module_utils
+ansible.module_utils.__path__.append(sys.argv[1])
+from ansible.module_utils.zoe_audit import make_live_dir
+path, fd = make_live_dir(sys.argv[2], sys.argv[3])
+print(path, flush=True)
+sys.stdin.read()
+"""
+
+
+def live_dir_of_a_process(tmpdir, prefix):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_MARK, os.path.join(REPO, "module_utils"), prefix, tmpdir],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return proc, proc.stdout.readline().strip()
+
+
+def test_sweep_removes_only_what_a_killed_audit_left(tmp_path):
+    tmpdir = str(tmp_path)
+    alive, alive_dir = live_dir_of_a_process(tmpdir, WORKDIR_PREFIX)
+    killed, killed_dir = live_dir_of_a_process(tmpdir, PAYLOAD_PREFIX)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    unmarked = os.path.join(tmpdir, WORKDIR_PREFIX + "unmarked")
+    other = os.path.join(tmpdir, "zoe-other-dir")
+    for path in (unmarked, other):
+        os.mkdir(path)
+    with open(os.path.join(other, LIVE_MARK), "w"):
+        pass
+    try:
+        assert sweep_dead(tmpdir) == [killed_dir]
+        assert sorted(os.listdir(tmpdir)) == sorted(os.path.basename(p) for p in (alive_dir, unmarked, other))
+    finally:
+        alive.communicate("")
+    assert sweep_dead(tmpdir) == [alive_dir]   # its process ended: now it is a leftover too
+
+
+def test_an_audit_killed_with_sigkill_leaves_nothing_once_the_next_audit_ran(tmp_path):
+    """Through Ansible as the play runs it (pipelining): the payload Ansible unpacks and the audit's copies."""
+    root = tmp_path / "zoe"
+    data = root / "data"
+    make_db(str(data / "zoe.db"))
+    big = sqlite3.connect(str(data / "memory.db"))
+    big.execute("CREATE TABLE blobs (b BLOB)")
+    big.executemany("INSERT INTO blobs VALUES (randomblob(1 << 20))", [()] * 150)
+    big.commit()
+    big.close()
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    args = {"root": str(root), "data_dir": str(data), "keep": ["zoe.db", "memory.db"], "fold": ["auth.db"]}
+    cmd = [ANSIBLE, "localhost", "-m", "zoe_audit", "-a", json.dumps(args),
+           "-e", "ansible_python_interpreter=/usr/bin/python3"]
+    env = dict(os.environ, TMPDIR=str(tmpdir))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    leftovers = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        leftovers = sorted(n for n in os.listdir(str(tmpdir)) if n.startswith((PAYLOAD_PREFIX, WORKDIR_PREFIX)))
+        if len(leftovers) == 2:
+            break
+        time.sleep(0.005)
+    kill_tree(proc.pid)
+    proc.wait()
+    assert len(leftovers) == 2 and leftovers[0].startswith(PAYLOAD_PREFIX) and leftovers[1].startswith(WORKDIR_PREFIX), \
+        "the audit ended before it could be killed: %s" % leftovers
+    assert sorted(os.listdir(str(tmpdir))) == leftovers   # SIGKILL: nothing could clean up
+    done = subprocess.run(cmd, cwd=REPO, env=dict(env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+                                                  ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:]
+    result = json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    assert sorted(os.path.basename(p) for p in result["leftovers_removed"]) == leftovers
+    assert [n for n in os.listdir(str(tmpdir)) if n.startswith((PAYLOAD_PREFIX, WORKDIR_PREFIX))] == []
+
+
+def kill_tree(pid):
+    """SIGKILL pid and every descendant (Ansible's worker calls setsid, so the process group is not enough)."""
+    tree = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as handle:
+                    tree.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
+            except OSError:
+                continue
+    todo, found = [pid], []
+    while todo:
+        found.append(todo.pop())
+        todo.extend(tree.get(found[-1], []))
+    for victim in found:
+        os.kill(victim, signal.SIGSTOP)
+    for victim in found:
+        os.kill(victim, signal.SIGKILL)
