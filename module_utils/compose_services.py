@@ -6,7 +6,8 @@ the docker CLI (the host has no docker SDK for Python).
 
 Why it works the way it does:
 - Hosts have either the compose v2 plugin (`docker compose`) or the standalone v1 (`docker-compose`);
-  the tool is detected by asking each for its version, and the play uses the command list returned.
+  the tool is detected by asking each for its version (compose_env.detect_compose, the project's one detection),
+  and the play uses the command list returned. The project name's .env is read with compose_env's env-file parser.
 - Containers are read from `docker ps -a` + one `docker inspect`, not from compose: a writer that compose
   does not manage (a `docker run` by hand, a one-off `compose run`, a container of a service no longer in
   the compose file) is exactly the one that compose cannot stop, and the preflight must see it.
