@@ -456,6 +456,7 @@ def test_a_backup_root_inside_data_is_refused_before_the_lock(quiet):
 
 
 def chattr_or_skip(flag, path):
+    assert os.path.isfile(path), "%s is missing: an earlier test left the host changed" % path
     if shutil.which("chattr") is None or subprocess.run(["chattr", flag, path], capture_output=True).returncode:
         pytest.skip("the filesystem of %s has no immutable flag" % path)
 
