@@ -1,8 +1,8 @@
 """zoe_paths: the run's paths resolved once, where they lead checked, and what cannot be moved or rewritten named.
 
 Real directories, links and files in tmp_path; the immutable and append-only cases use chattr and are skipped
-where the filesystem has no such flags (the permission case needs a user root's bypass does not cover: a
-read-only bind mount, in tests/integration/test_bad_inputs.py).
+where the filesystem has no such flags. The 0555-directory case runs only without root (root writes into it);
+as root, a read-only filesystem is test_a_read_only_data_dir in tests/integration/test_bad_inputs.py.
 """
 
 import os
