@@ -1,5 +1,7 @@
 """Filters of the zoe-consolidate playbooks (controller side)."""
 
+import re
+
 import yaml
 from ansible.errors import AnsibleFilterError
 
@@ -108,6 +110,25 @@ def zoe_pick(items, keys):
     return [{key: item[key] for key in keys if key in item} for item in items or []]
 
 
+def zoe_md_cell(value, code=False):
+    """`value` as the text of one cell of a Markdown (GFM) table, whatever characters it holds.
+
+    A raw `|` would end the cell and a line break the row: `|` is escaped (GFM reads `\\|` as a pipe, in a code
+    span too) and CR/LF are shown as the two characters \\n. In plain text a backslash is escaped and `<` written
+    as an entity, so a name shows as it is; with code=true the value is a code span whose fence is longer than
+    any run of backticks inside it.
+    """
+    text = "" if value is None else str(value)
+    if code and text:
+        text = text.replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n").replace("|", "\\|")
+        longest = max((len(run) for run in re.findall("`+", text)), default=0)
+        fence = "`" * (longest + 1)
+        pad = " " if text.startswith("`") or text.endswith("`") else ""
+        return "%s%s%s%s%s" % (fence, pad, text, pad, fence)
+    text = text.replace("\\", "\\\\").replace("<", "&lt;")
+    return text.replace("\r\n", "\\n").replace("\r", "\\n").replace("\n", "\\n").replace("|", "\\|")
+
+
 class FilterModule:
     def filters(self):
         return {"zoe_stop_order": zoe_stop_order, "zoe_start_order": zoe_start_order,
@@ -115,4 +136,5 @@ class FilterModule:
                 "zoe_compose_argv": zoe_compose_argv,
                 "zoe_not_ready": zoe_not_ready,
                 "zoe_find_names": zoe_find_names,
-                "zoe_compose_load": zoe_compose_load}
+                "zoe_compose_load": zoe_compose_load,
+                "zoe_md_cell": zoe_md_cell}

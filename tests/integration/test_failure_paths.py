@@ -19,11 +19,13 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
+from markdown_it import MarkdownIt
 
 from ansible.module_utils.run_lock import lock_content, process_start_time
 
@@ -133,6 +135,47 @@ def test_a_fifo_named_like_a_fold_database_is_refused_by_name(host):
     finally:
         os.unlink(fifo)
         os.rename(fifo + ".real", fifo)
+
+
+# -- names that are Markdown -----------------------------------------------------------------------------
+
+WEIRD_TABLE = "pipe|table\nname"
+WEIRD_COLUMN = "col|umn\nx"
+
+
+def markdown_tables(text):
+    """[[cells of each row] of each table] of a Markdown document, as a GFM parser (markdown-it-py) reads it."""
+    tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    tables = []
+    for index, token in enumerate(tokens):
+        if token.type == "table_open":
+            tables.append([])
+        elif token.type == "tr_open":
+            tables[-1].append([])
+        elif token.type in ("th_open", "td_open"):
+            inline = tokens[index + 1]
+            tables[-1][-1].append("".join(c.content for c in inline.children or []) if inline.type == "inline" else "")
+    return tables
+
+
+def test_a_table_and_a_column_named_with_a_pipe_and_a_newline_keep_the_report_tables_whole(host):
+    conn = sqlite3.connect(os.path.join(host.root, "data", "satisfaction.db"))
+    conn.execute('CREATE TABLE "%s" (id INTEGER PRIMARY KEY, "%s" TEXT)' % (WEIRD_TABLE, WEIRD_COLUMN))
+    conn.execute('INSERT INTO "%s" ("%s") VALUES (?)' % (WEIRD_TABLE, WEIRD_COLUMN), ("a row",))
+    conn.commit()
+    conn.close()
+    result = host.playbook("consolidate.yml")
+    assert result.returncode == 0, result.stdout[-3000:]
+    report = sorted(glob.glob(os.path.join(host.reports, "*.md")))[-1]
+    with open(report) as handle:
+        tables = markdown_tables(handle.read())
+    assert len(tables) >= 3
+    for table in tables:
+        assert len({len(row) for row in table}) == 1, "a row of %s has another number of cells" % table[0]
+    shown = WEIRD_TABLE.replace("\n", "\\n")
+    merged = [row for table in tables for row in table if row[:2] == ["satisfaction.db", shown]]
+    assert merged and merged[0][2] == shown and merged[0][3] == "1" and merged[0][4] == "1"
+    assert any(shown + "=1" in cell for table in tables for row in table for cell in row)
 
 
 # -- two runs at once ----------------------------------------------------------------------------------
