@@ -363,8 +363,9 @@ def test_sweep_removes_only_what_a_killed_audit_left(tmp_path):
     assert sweep_dead(tmpdir) == [alive_dir]   # its process ended: now it is a leftover too
 
 
-def test_an_audit_killed_with_sigkill_leaves_nothing_once_the_next_audit_ran(tmp_path):
-    """Through Ansible as the play runs it (pipelining): the payload Ansible unpacks and the audit's copies."""
+def start_a_slow_audit(tmp_path):
+    """`ansible localhost -m zoe_audit` as the play runs it (pipelining) with TMPDIR in tmp_path, over a 150 MB
+    database; returns (process, command, env, tmpdir, leftovers) once its payload and its copies exist."""
     root = tmp_path / "zoe"
     data = root / "data"
     make_db(str(data / "zoe.db"))
@@ -388,6 +389,34 @@ def test_an_audit_killed_with_sigkill_leaves_nothing_once_the_next_audit_ran(tmp
         if len(leftovers) == 2:
             break
         time.sleep(0.005)
+    return proc, cmd, env, tmpdir, leftovers
+
+
+def module_process(tmpdir):
+    """The pid of the module: the process holding the live mark of its payload directory open."""
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                targets = [os.readlink("/proc/%s/fd/%s" % (name, fd)) for fd in os.listdir("/proc/%s/fd" % name)]
+                if any(t.startswith(os.path.join(str(tmpdir), PAYLOAD_PREFIX)) and t.endswith(LIVE_MARK)
+                       for t in targets):
+                    return int(name)
+            except OSError:
+                continue
+    return None
+
+
+def test_an_audit_ended_with_sigterm_removes_its_payload_and_copies(tmp_path):
+    proc, _cmd, _env, tmpdir, leftovers = start_a_slow_audit(tmp_path)
+    assert len(leftovers) == 2, "the audit ended before it could be signalled: %s" % leftovers
+    os.kill(module_process(tmpdir), signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    assert os.listdir(str(tmpdir)) == []
+
+
+def test_an_audit_killed_with_sigkill_leaves_nothing_once_the_next_audit_ran(tmp_path):
+    """Through Ansible as the play runs it (pipelining): the payload Ansible unpacks and the audit's copies."""
+    proc, cmd, env, tmpdir, leftovers = start_a_slow_audit(tmp_path)
     kill_tree(proc.pid)
     proc.wait()
     assert len(leftovers) == 2 and leftovers[0].startswith(PAYLOAD_PREFIX) and leftovers[1].startswith(WORKDIR_PREFIX), \
