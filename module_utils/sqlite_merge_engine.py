@@ -63,6 +63,7 @@ class _Engine:
         self.row_counts = {}         # target table -> rows, see _target_rows
         self.deferred = []           # (source path, kind, name, sql) of triggers and views, created by finish()
         self.reserved = set()        # lower-case names of the deferred objects
+        self.map_affinity = {}       # key map -> affinity of the source key it maps (maps with an okey column)
         self.added = {}              # (target table, column) lower case -> SQL of "holds no value yet", see _decide
         conn.create_function("zoe_fresh_id", 4, _fresh_id, deterministic=True)
 
@@ -281,8 +282,12 @@ class _Engine:
                     q(target), q(col), decl, " DEFAULT %s" % default if constant else ""))
                 decision["columns_added"].append(col)
                 # The rows the target had read NULL or the default there: no value, which a matched source row fills.
-                self.added[(target.lower(), col.lower())] = "(t.rowid <= %d AND (t.%s IS NULL%s))" % (
-                    mark, q(col), " OR t.%s IS %s" % (q(col), default) if constant else "")
+                # A row filled once holds a value from then on (temp table `filled`), even one equal to the default.
+                filled = self._name("filled")
+                self.sql("CREATE TEMP TABLE %s (trow INTEGER PRIMARY KEY)" % q(filled))
+                self.added[(target.lower(), col.lower())] = (
+                    "(t.rowid <= %d AND (t.%s IS NULL%s) AND t.rowid NOT IN (SELECT trow FROM temp.%s))" % (
+                        mark, q(col), " OR t.%s IS %s" % (q(col), default) if constant else "", q(filled)), filled)
         if plan["consumed"]:
             decision["source_key_mapped"] = "%s -> %s" % (plan["sr"], plan["tr"])
         tr = plan["tr"] or (tshape.pk[0] if len(tshape.pk) == 1 else None)
@@ -337,9 +342,19 @@ class _Engine:
         mapping = self._map_of(source_path, shape, shapes, col)
         if not mapping:
             return ref
-        return "COALESCE((SELECT new FROM temp.%s WHERE old = %s), %s)" % (q(mapping), ref, ref)
+        return "COALESCE((SELECT new FROM temp.%s m WHERE %s), %s)" % (q(mapping), self._on(mapping, shape, col, "m",
+                                                                                      ref), ref)
 
-    def _mapped_select(self, source_path, shape, shapes, cols, self_rid=None):
+    def _on(self, mapping, shape, col, alias, ref):
+        """Join condition of a child value with its parent's key map. A child column of another affinity than the
+        parent's key (INTEGER pointing into TEXT, TEXT holding '8' for the integer 8) is matched by the values'
+        text, through the map's okey column: `=` on the map's key alone compares storage classes."""
+        key_affinity = self.map_affinity.get(mapping)
+        if key_affinity is None or affinity(shape.types[col.lower()]) == key_affinity:
+            return "%s.old = %s" % (alias, ref)
+        return "%s.okey = CAST(%s AS TEXT)" % (alias, ref)
+
+    def _mapped_select(self, source_path, shape, shapes, cols, self_rid=None, start=0):
         """Source values of `cols` for an INSERT ... SELECT from `s`, keys translated through the key maps with one
         LEFT JOIN per mapped column (a seek per row; _expr's correlated subquery costs more per row). `self_rid`
         follows this table's own map. Returns (expressions, joins)."""
@@ -350,8 +365,8 @@ class _Engine:
             if not mapping:
                 values.append(ref)
                 continue
-            alias = "_zm_j%d" % len(joins)
-            joins.append(" LEFT JOIN temp.%s %s ON %s.old = %s" % (q(mapping), alias, alias, ref))
+            alias = "_zm_j%d" % (start + len(joins))
+            joins.append(" LEFT JOIN temp.%s %s ON %s" % (q(mapping), alias, self._on(mapping, shape, col, alias, ref)))
             values.append("COALESCE(%s.new, %s)" % (alias, ref))
         return values, "".join(joins)
 
@@ -490,15 +505,19 @@ class _Engine:
             if rid:
                 expr = {c: self._expr(source_path, shape, shapes, c) for c in cols}
             dup = rid.lower() if rid and natural_map else None  # the target key column, filled from the map
-            insert_cols = ([src_rid] if src_rid else []) + [c for c in cols if not (src_rid and c == src_rid)
-                                                            and (not dup or tcol[c].lower() != dup)]
-            values, joins = self._mapped_select(source_path, shape, shapes, insert_cols, src_rid)
-            names = [q(rid) if src_rid and c == src_rid else q(tcol[c]) for c in insert_cols]
+            natural_low = {c.lower() for c in (plan["natural"] if plan and plan["natural"] else [])}
+            # the source key goes into the target's key column through the map; a source key that is the natural
+            # key itself also goes in as itself
+            rest = [c for c in cols if (not (src_rid and c == src_rid) or c.lower() in natural_low)
+                    and (not dup or tcol[c].lower() != dup)]
+            values, joins = self._mapped_select(source_path, shape, shapes, [src_rid] if src_rid else [], src_rid)
+            more, more_joins = self._mapped_select(source_path, shape, shapes, rest, None, start=len(values))
+            insert_cols, values, joins = ([src_rid] if src_rid else []) + rest, values + more, joins + more_joins
+            names = [q(rid)] * bool(src_rid) + [q(tcol[c]) for c in rest]
             if natural_map and not src_rid:
                 names, values = [q(rid)] + names, [self._new_key_sql(source_path, shape, tshape, plan, T)] + values
             ignore = mode == "key" and self._key_enforced(tshape, key, rid, target)
-            probe_cols = [c for c in insert_cols if not (src_rid and c == src_rid)]
-            probe_values = values[len(values) - len(probe_cols):]
+            probe_cols, probe_values = rest, values[len(values) - len(rest):]
             converted = self._probe(source_path, shape, tshape, target, probe_cols, probe_values, joins, M, counts)
             self.phase = "merge: insert new"
             order = self._insert_order(shape, key, rid)
@@ -541,34 +560,39 @@ class _Engine:
 
     def _compare_sql(self, shape, tshape, compare, tcol, expr, fill):
         """Rows are identical when every compared value is the same value of the same storage class: where the
-        affinities differ or a key map translates the value, `IS` alone would let '007' equal 7. A column this
+        affinities differ or a column has none, `IS` alone would let '007' equal 7 or 3 equal 3.0. A column this
         merge added (`fill`) holds NULL in the rows the target had before: NULL there is no value, not a
         difference (_fill copies the source's value in)."""
         parts = []
         for c in compare:
-            exact = (affinity(shape.types[c.lower()]) != affinity(tshape.types[tcol[c].lower()])
-                     or expr[c] != "s.%s" % q(c))
+            saff, taff = affinity(shape.types[c.lower()]), affinity(tshape.types[tcol[c].lower()])
+            # a column without affinity holds 3 and 3.0 side by side, and 3 IS 3.0
+            # a value translated through a key map is the target's key, stored as the target column stores it
+            # (recorded as converted when that changes it): compared as stored, by `IS` under the column's affinity
+            exact = (saff != taff or "BLOB" in (saff, taff)) and expr[c] == "s.%s" % q(c)
             t = "t.%s" % q(tcol[c])
             part = ("(%s IS %s AND typeof(%s) = typeof(%s))" % (t, expr[c], t, expr[c]) if exact
                     else "%s IS %s" % (t, expr[c]))
-            parts.append("(%s OR %s)" % (self.added[(tshape.name.lower(), tcol[c].lower())], part) if c in fill
+            parts.append("(%s OR %s)" % (self.added[(tshape.name.lower(), tcol[c].lower())][0], part) if c in fill
                          else part)
         return " AND ".join(parts) or "1"
 
     def _fill(self, target, fill, tcol, expr, S, T, M):
-        """Matched target rows take the source's value in the columns this merge added, where they hold NULL.
-        Returns how many rows were filled."""
-        if not fill:
-            return 0
-        aliases = ["_zm_f%d" % i for i in range(len(fill))]
-        empty = {c: self.added[(target.lower(), tcol[c].lower())] for c in fill}
-        sets = ", ".join("%s = CASE WHEN %s AND x.%s IS NOT NULL THEN x.%s ELSE t.%s END" % (
-            q(tcol[c]), empty[c], a, a, q(tcol[c])) for c, a in zip(fill, aliases))
-        where = " OR ".join("(%s AND x.%s IS NOT NULL)" % (empty[c], a) for c, a in zip(fill, aliases))
-        self.sql("UPDATE %s AS t SET %s FROM (SELECT m.trow AS _zm_trow, %s FROM %s m JOIN %s s ON s.rowid = m.srow) "
-                 "AS x WHERE t.rowid = x._zm_trow AND (%s)" % (
-                     T, sets, ", ".join("%s AS %s" % (expr[c], a) for c, a in zip(fill, aliases)), M, S, where))
-        return self.one("SELECT changes()")
+        """Matched target rows take the source's value in the columns this merge added, where they hold no value
+        yet (see _decide). Returns how many values were filled."""
+        filled = 0
+        for c in fill:
+            empty, done = self.added[(target.lower(), tcol[c].lower())]
+            batch = self._name("fill")
+            self.sql("CREATE TEMP TABLE %s (trow INTEGER PRIMARY KEY, v)" % q(batch))
+            self.sql("INSERT INTO temp.%s (trow, v) SELECT t.rowid, %s FROM %s m JOIN %s s ON s.rowid = m.srow JOIN %s t "
+                     "ON t.rowid = m.trow WHERE %s AND %s IS NOT NULL" % (q(batch), expr[c], M, S, T, empty, expr[c]))
+            self.sql("UPDATE %s SET %s = (SELECT v FROM temp.%s b WHERE b.trow = %s.rowid) WHERE rowid IN "
+                     "(SELECT trow FROM temp.%s)" % (T, q(tcol[c]), q(batch), T, q(batch)))
+            filled += self.one("SELECT changes()")
+            self.sql("INSERT INTO temp.%s (trow) SELECT trow FROM temp.%s" % (q(done), q(batch)))
+            self.sql("DROP TABLE temp.%s" % q(batch))
+        return filled
 
     # ---- values whose storage class the target would change
 
@@ -679,8 +703,9 @@ class _Engine:
             mapping = self.maps.get(parent) if parent else None
             if not mapping or parent == (os.path.basename(source_path), shape.name):
                 continue
-            n = self.one("SELECT count(*) FROM src.%s s JOIN temp.%s m ON m.old = s.%s WHERE m.new IS NOT s.%s OR "
-                         "typeof(m.new) != typeof(s.%s)" % (q(shape.name), q(mapping), q(c), q(c), q(c)))
+            n = self.one("SELECT count(*) FROM src.%s s JOIN temp.%s m ON %s WHERE m.new IS NOT s.%s OR "
+                         "typeof(m.new) != typeof(s.%s)" % (q(shape.name), q(mapping),
+                                                           self._on(mapping, shape, c, "m", "s.%s" % q(c)), q(c), q(c)))
             out.append({"column": c, "parent": "%s:%s" % parent, "rows": n})
         if out:
             counts["children_repointed"] = out
@@ -824,7 +849,7 @@ class _Engine:
             self._register_map(source_path, shape, None)
             return unmatched, 0, 0
         name = self._name("map")
-        self.sql("CREATE TEMP TABLE %s (old PRIMARY KEY, new, fresh INTEGER NOT NULL)" % q(name))
+        self.sql("CREATE TEMP TABLE %s (old PRIMARY KEY, new, fresh INTEGER NOT NULL, okey TEXT)" % q(name))
         self.sql("INSERT INTO temp.%s (old, new, fresh) SELECT s.%s, t.%s, 0 FROM %s m JOIN %s s ON s.rowid = m.srow "
                  "JOIN %s t ON t.rowid = m.trow WHERE s.%s IS NOT NULL" % (q(name), q(sr), q(tr), M, S, T, q(sr)))
         repointed = self.one("SELECT count(*) FROM temp.%s WHERE old IS NOT new OR typeof(old) != typeof(new)"
@@ -846,6 +871,9 @@ class _Engine:
                                      % (source_path, shape.name, tr, self._mask(tr, taken[0]), target, target))
         remapped = self.one("SELECT count(*) FROM temp.%s WHERE fresh = 1 AND (old IS NOT new OR typeof(old) != "
                             "typeof(new))" % q(name))
+        self.sql("UPDATE temp.%s SET okey = CAST(old AS TEXT)" % q(name))
+        self.sql("CREATE INDEX temp.%s ON %s (okey)" % (q(self._name("okey")), q(name)))
+        self.map_affinity[name] = affinity(shape.types[sr.lower()])
         self._register_map(source_path, shape, name)
         return unmatched, repointed, remapped
 
