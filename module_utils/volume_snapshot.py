@@ -660,6 +660,8 @@ def _no_other_connection(src_path):
 
     Opening a live WAL database, even read-only, rewrites its -shm (the first connection rebuilds the
     wal-index); a database nobody has open can be read from a byte copy instead, leaving every byte as it was.
+    A connection that opens it meanwhile gets SQLITE_BUSY, which SQLite hands to its busy handler (Python's
+    sqlite3 waits up to 5 s by default): it waits for the copy of that one database, it does not fail.
     """
     fds = []
     try:
