@@ -202,7 +202,10 @@ changes:
     - {file: /opt/zoe/docker-compose.yml, line: 42, service: zoe-auth, services: [zoe-auth], section: environment,
        key: DATABASE_PATH, before: /app/data/auth.db, after: /app/data/zoe.db}
 changed_services:
-  description: Every service whose effective configuration changes (through aliases and merge keys too).
+  description:
+    - Every service whose effective configuration changes, through aliases and merge keys too, and with
+      O(follow_env_files) every service that reads an edited env file or interpolates an edited variable of the
+      project's C(.env).
   returned: always
   type: list
   elements: str

@@ -24,6 +24,7 @@ import base64
 import difflib
 import hashlib
 import posixpath
+import re
 
 import yaml
 
@@ -112,7 +113,7 @@ class FilePlan(object):
         self.bom = "\ufeff" if text.startswith("\ufeff") else ""
         self.text = text[len(self.bom):]
         self.newline = "\r\n" if "\r\n" in self.text.split("\n", 1)[0] + "\n" else "\n"
-        self.ops, self.changes, self.services = [], [], set()
+        self.ops, self.changes, self.services, self.uses = [], [], set(), []
         self.after = data
 
     @property
@@ -520,8 +521,16 @@ def plan_compose(plan, spec):
         plan.services |= services
         plan.change(node.start_mark.line, services, use.section, use.label(), node.value,
                     None if new is DELETE else new)
-    return [u.node.value for u in uses if u.section == "env_file" and u.service and
-            (not spec.services or u.service in spec.services) and (len(u.path) < 3 or u.path[-1] == "path")]
+    plan.uses = uses
+    return [(u.service, u.node.value) for u in uses if u.section == "env_file" and u.service and
+            (len(u.path) < 3 or u.path[-1] == "path")]
+
+
+def _reads_variable(uses, names):
+    """Services with a value that interpolates one of `names` (`${NAME}`, `${NAME:-x}`, `$NAME`)."""
+    pattern = re.compile(r"(?<!\$)\$(?:\{(?:%s)(?=[}:?+-])|(?:%s)(?![A-Za-z0-9_]))"
+                         % ("|".join(map(re.escape, names)), "|".join(map(re.escape, names))))
+    return set(u.service for u in uses if u.service and pattern.search(u.node.value))
 
 
 def _mask_environment(plan, uses, edits):
@@ -565,17 +574,24 @@ def plan_files(path, data, spec, file_type="auto", follow_env_files=False, read=
     if kind == "env":
         plan_env(main, spec)
     else:
-        env_files = plan_compose(main, spec)
-        base = posixpath.dirname(path)
-        for name in env_files if follow_env_files else ():
-            full = posixpath.normpath(posixpath.join(base, name))
-            if any(item.path == full for item in files):
+        env_files, base = plan_compose(main, spec), posixpath.dirname(path)
+        project_env, users = posixpath.normpath(posixpath.join(base, ".env")), {}
+        for service, name in env_files:
+            users.setdefault(posixpath.normpath(posixpath.join(base, name)), set()).add(service)
+        for full in sorted(users) if follow_env_files else ():
+            selected = [service for service in users[full] if not spec.services or service in spec.services]
+            if not selected or any(item.path == full for item in files):
                 continue
             env_data = read(full) if read else None
             if env_data is None:
-                raise OptionError("env_file %s of %s does not exist" % (name, path))
+                raise OptionError("env_file %s of %s does not exist" % (full, path))
             env_plan = FilePlan(full, "env", env_data)
             plan_env(env_plan, spec, adding=False)
+            keys = [change["key"] for change in env_plan.changes]
+            if keys:
+                # The edit of an env file changes every service that reads it, and with the project's .env every
+                # service that interpolates one of the edited variables.
+                main.services |= users[full] | (_reads_variable(main.uses, keys) if full == project_env else set())
             files.append(env_plan)
     for item in files:
         item.finish()

@@ -359,6 +359,20 @@ def test_case(tmp_path, before, options, after, services):
     assert not plan_compose_env(path, **options).changed
 
 
+@pytest.mark.parametrize("follow, services, env_changed", [(True, ["a", "b"], True), (False, [], False)],
+                         ids=["followed-env-file", "env-file-not-followed"])
+def test_services_reached_through_an_env_file(tmp_path, follow, services, env_changed):
+    """A followed env file's edit reaches the services that read it (env_file) and, for the project's .env, those
+    that interpolate an edited variable; c reads neither."""
+    (tmp_path / ".env").write_text("DB=/d/auth.db\nOTHER=1\n")
+    path = tmp_path / "docker-compose.yml"
+    path.write_text("services:\n  a:\n    image: x\n    env_file: .env\n  b:\n    image: y\n    environment:\n"
+                    "      - X=${DB:-none}\n  c:\n    image: z\n    environment:\n      - Y=${OTHER}\n")
+    plan = plan_compose_env(path, rewrite={"auth.db": "zoe.db"}, follow_env_files=follow)
+    assert plan.changed_services() == services and plan.changed is env_changed
+    assert [item.changed for item in plan.files] == [False] + ([True] if follow else [])
+
+
 # --- refusals: one sentence, nothing planned ---------------------------------------------------------------------
 
 REFUSALS = [
