@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark sqlite_merge against the floor, row-by-row Python and sqlite-utils, in the same run.
 
-Data: a target and 13 sources, table records(id TEXT PRIMARY KEY, owner, value, note, updated_at), plus a child
-table notes(id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body). About 3% of each source's keys
-collide with the target (half identical rows, half different content). Every approach runs in its own process on a
-fresh copy of the target (peak RSS and CPU seconds per process from wait4), timing the merge only. With --repeat
-the approaches run interleaved and medians are reported; the module's per-phase profile (plan.timings) follows.
+Data: a target and 13 sources, table records(id TEXT PRIMARY KEY, owner, value, note, updated_at), a child table
+notes(id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body) and owners, the entity keyed by its
+name. About 3% of each source's keys collide with the target (half identical rows, half different content). The
+odd-numbered sources are drifted the way the Zoe databases are: owners keyed by an INTEGER id (the target's by a
+TEXT owner_id holding the name), records.owner an INTEGER foreign key into it (the module re-points it to the
+name through the natural key), updated_at declared TEXT where the target says TIMESTAMP (the values fit), and a
+column `tag` the target lacks. Every approach runs in its own process on a fresh copy of the target (peak RSS and
+CPU seconds per process from wait4), timing the merge only. With --repeat the approaches run interleaved and
+medians are reported; the module's per-phase profile (plan.timings) follows.
 
-    .venv/bin/python bench/bench_sqlite_merge.py --rows 5000000 --repeat 2
+    .venv/bin/python bench/bench_sqlite_merge.py --rows 1000000 --repeat 3 --only floor floor_verified module
 """
 
 import argparse
@@ -29,6 +33,13 @@ SOURCES = 13
 COLLIDE = 0.03
 
 
+OWNERS = 97
+
+
+def drifted(n):
+    return n % 2 == 1
+
+
 def generate(workdir, total):
     per = total // (SOURCES + 1)
     os.makedirs(workdir, exist_ok=True)
@@ -39,17 +50,28 @@ def generate(workdir, total):
             os.remove(path)
         conn = sqlite3.connect(path)
         conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("CREATE TABLE records (id TEXT PRIMARY KEY, owner TEXT, value INTEGER, note TEXT, "
-                     "updated_at TEXT)")
+        if drifted(n):
+            conn.execute("CREATE TABLE owners (id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
+            conn.execute("CREATE TABLE records (id TEXT PRIMARY KEY, owner INTEGER REFERENCES owners(id), value "
+                         "INTEGER, note TEXT, updated_at TEXT, tag TEXT)")
+            owner = "1000 * %d + (EXPR) %% %d" % (n, OWNERS)
+        else:
+            conn.execute("CREATE TABLE owners (owner_id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
+            conn.execute("CREATE TABLE records (id TEXT PRIMARY KEY, owner TEXT REFERENCES owners(owner_id), value "
+                         "INTEGER, note TEXT, updated_at %s)" % ("TIMESTAMP" if n == 0 else "TEXT"))
+            owner = "'owner' || ((EXPR) %% %d)" % OWNERS
         conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, record_id TEXT REFERENCES records(id), body TEXT)")
         ncoll = int(per * COLLIDE) if n else 0
         conn.execute("BEGIN")
+        conn.executemany("INSERT INTO owners VALUES (?, ?)",
+                         [(1000 * n + j if drifted(n) else "owner%d" % j, "owner%d" % j) for j in range(OWNERS)])
         conn.execute(
             "WITH RECURSIVE c(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
-            "INSERT INTO records SELECT CASE WHEN i < ? THEN 'r00-' || (i * 7) ELSE printf('r%02d-%d', ?, i) END, "
-            "'owner' || ((CASE WHEN i < ? THEN i * 7 ELSE i END) % 97), "
+            "INSERT INTO records (id, owner, value, note, updated_at) "
+            "SELECT CASE WHEN i < ? THEN 'r00-' || (i * 7) ELSE printf('r%02d-%d', ?, i) END, "
+            + owner.replace("EXPR", "CASE WHEN i < ? THEN i * 7 ELSE i END") + ", "
             "CASE WHEN i < ? AND i % 2 = 1 THEN -1 WHEN i < ? THEN i * 49 ELSE i * 7 END, "
-            "CASE WHEN i < ? THEN 'note ' || (i * 7) ELSE 'note ' || i END, '2024-01-01' FROM c",
+            "CASE WHEN i < ? THEN 'note ' || (i * 7) ELSE 'note ' || i END, '2024-01-01 10:00' FROM c",
             (per - 1, ncoll, n, ncoll, ncoll, ncoll, ncoll))
         conn.execute(
             "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?) "
@@ -62,6 +84,8 @@ def generate(workdir, total):
 
 
 def floor(target, sources):
+    """ATTACH + INSERT OR IGNORE ... SELECT of the target's columns; a drifted source's owners and records.owner
+    go through the one join that turns its integer owner ids into the names the target keys owners by."""
     conn = sqlite3.connect(target, isolation_level=None)
     # SQLite attaches at most 10 databases and cannot DETACH inside a transaction: 13 sources need 2 transactions
     for start in range(0, len(sources), 10):
@@ -69,9 +93,17 @@ def floor(target, sources):
         for i, src in enumerate(batch):
             conn.execute("ATTACH ? AS s%d" % i, (src,))
         conn.execute("BEGIN")
-        for i in range(len(batch)):
-            conn.execute("INSERT OR IGNORE INTO main.records SELECT * FROM s%d.records" % i)
-            conn.execute("INSERT OR IGNORE INTO main.notes SELECT * FROM s%d.notes" % i)
+        for i, src in enumerate(batch):
+            conn.execute("INSERT OR IGNORE INTO main.owners (owner_id, name) SELECT name, name FROM s%d.owners" % i)
+            if drifted(int(os.path.basename(src)[3:5])):
+                conn.execute("INSERT OR IGNORE INTO main.records (id, owner, value, note, updated_at) SELECT r.id, "
+                             "o.name, r.value, r.note, r.updated_at FROM s%d.records r LEFT JOIN s%d.owners o "
+                             "ON o.id = r.owner" % (i, i))
+            else:
+                conn.execute("INSERT OR IGNORE INTO main.records (id, owner, value, note, updated_at) SELECT id, "
+                             "owner, value, note, updated_at FROM s%d.records" % i)
+            conn.execute("INSERT OR IGNORE INTO main.notes (id, record_id, body) SELECT id, record_id, body "
+                         "FROM s%d.notes" % i)
         conn.execute("COMMIT")
         for i in range(len(batch)):
             conn.execute("DETACH s%d" % i)
@@ -128,7 +160,7 @@ def sqlite_utils_way(target, sources):
 
 
 def module(target, sources):
-    with plan_merge(target, sources, workdir=os.path.dirname(target)) as plan:
+    with plan_merge(target, sources, workdir=os.path.dirname(target), keys={"owners": ["name"]}) as plan:
         apply_merge(plan)
         t = plan.totals()
         with open(target + ".phases", "w") as handle:
@@ -188,7 +220,8 @@ def main():
     else:
         target, sources = generate(args.workdir, args.rows)
         open(stamp, "w").write(str(args.rows))
-    rows = sum(sqlite3.connect(p).execute("SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM notes)")
+    rows = sum(sqlite3.connect(p).execute("SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM notes) + "
+                                          "(SELECT count(*) FROM owners)")
                .fetchone()[0] for p in sources)
     print("generated %d source rows in %d sources (+ target) in %.1f s" % (rows, len(sources),
                                                                            time.perf_counter() - start))
