@@ -24,6 +24,8 @@ MODULES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 
 ROLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "roles", "*")) if os.path.isdir(p))
 HOST_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 
+pytestmark = pytest.mark.slow  # about 30 s of CPU: a build, an install and a dozen ansible runs
+
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory):
