@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -144,11 +145,19 @@ WEIRD_COLUMN = "col|umn\nx"
 
 
 def markdown_tables(text):
-    """[[cells of each row] of each table] of a Markdown document, as a GFM parser (markdown-it-py) reads it."""
+    """[[cells of each row] of each table] of a Markdown document, as a GFM parser (markdown-it-py) reads it.
+
+    The parser pads or cuts every row to the header's cell count, so each source line of a table is also checked
+    to hold as many unescaped `|` as the header line: a name that split a row fails here.
+    """
     tokens = MarkdownIt("commonmark").enable("table").parse(text)
+    lines = text.split("\n")
     tables = []
     for index, token in enumerate(tokens):
         if token.type == "table_open":
+            source = lines[token.map[0]:token.map[1]]
+            pipes = [len(re.findall(r"(?<!\\)\|", line)) for line in source]
+            assert len(set(pipes)) == 1, "a row of this table splits:\n%s" % "\n".join(source)
             tables.append([])
         elif token.type == "tr_open":
             tables[-1].append([])
