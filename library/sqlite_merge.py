@@ -183,6 +183,7 @@ sources:
       (type, name, target_name, action V(created), V(merged), V(kept_apart) or V(present)).
     - Per table C(source_rows), C(inserted), C(identical), C(conflicts), C(conflicts_source_won), C(converted)
       (inserted rows with a value the target's type changed, recorded as conflicts), C(remapped), C(repointed),
+      C(filled) (values of columns this merge added, copied into the matched target rows that had none),
       C(action) (create or merge), C(decision) (created, merged or kept_apart, with C(clash) saying why),
       C(mode), C(columns_added), C(type_differences) (column, both declared types and affinities,
       values_converted, handling), and with a natural key C(natural_key), C(source_key_mapped),

@@ -266,6 +266,8 @@ def describe_table(t):
             else "", t.get("keys_to_existing", 0), t.get("keys_new", 0)))
     if t.get("columns_added"):
         extra.append("columns added: %s" % ", ".join(t["columns_added"]))
+    if t.get("filled"):
+        extra.append("%d value(s) of added columns filled into matched rows" % t["filled"])
     for d in t.get("type_differences", []):
         extra.append("%s is %s here, %s in the target: %s" % (d["column"], d["source_type"], d["target_type"],
                                                                d["handling"]))

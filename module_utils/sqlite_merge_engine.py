@@ -25,12 +25,12 @@ import json
 import os
 import sqlite3
 
-from ansible.module_utils.zoe_secrets import mask_row, mask_value
+from ansible.module_utils.zoe_secrets import mask_value
 from ansible.module_utils.zoe_sqlite import table_names
 from ansible.module_utils.sqlite_merge_schema import (
-    INTERNAL_PREFIX, ConflictError, KeyDefinitionError, MergeError, SchemaObjectError, Shape,
+    INTERNAL_PREFIX, ConflictError, KeyDefinitionError, SchemaObjectError, Shape,
     ShapeClashError, TypeConflictError, UnsupportedTableError, VerificationError, _json_object, affinity,
-    normalized_sql, q, rename_create, rename_object, rewrite_references, unquote)
+    normalized_sql, q, rename_create, rename_object, rewrite_references)
 
 # Storage classes a value can have that the target column's affinity would change (datatype3.html 3.1); a value
 # of another class keeps its class and bytes. The probe then asks SQLite itself which of them really change.
@@ -229,10 +229,22 @@ class _Engine:
                 return "its parent table %s is kept apart as %s" % (pshape.name, placed["target_table"]), None
         scols = {c.lower() for c in shape.columns}
         filled = {(plan["tr"] or "").lower(), (tshape.alias or "").lower()}
-        for col in tshape.required:
-            if col.lower() not in scols and col.lower() not in filled:
-                return "target column %s is NOT NULL without default and the source has no such column" % col, None
+        missing = [c for c in tshape.required if c.lower() not in scols and c.lower() not in filled]
+        # rows matched by a natural key or a non-integer primary key need no value there; integer ids are surrogate
+        key = plan["natural"] or (tshape.pk if same_pk and not tshape.alias else [])
+        if missing and self._unmatched(shape, tshape, key):
+            return ("target column %s is NOT NULL without default and the source has no such column to fill it for "
+                    "its new rows" % missing[0]), None
         return None, plan
+
+    def _unmatched(self, shape, tshape, key):
+        """True when some source row has no target row with its key (it would be inserted), or there is no key."""
+        key = [c for c in key if shape.has(c) and tshape.has(c)]
+        if not key:
+            return True
+        on = " AND ".join("t.%s = s.%s" % (q(tshape.actual(c)), q(shape.actual(c))) for c in key)
+        return bool(self.one("SELECT EXISTS (SELECT 1 FROM src.%s s WHERE NOT EXISTS (SELECT 1 FROM main.%s t WHERE "
+                             "%s))" % (q(shape.name), q(tshape.name), on)))
 
     def _decide(self, source_path, shape, shapes):
         """Schema step for one source table: create it, merge it (adding the missing columns) or keep it apart."""
@@ -585,8 +597,9 @@ class _Engine:
             empty, done = self.added[(target.lower(), tcol[c].lower())]
             batch = self._name("fill")
             self.sql("CREATE TEMP TABLE %s (trow INTEGER PRIMARY KEY, v)" % q(batch))
-            self.sql("INSERT INTO temp.%s (trow, v) SELECT t.rowid, %s FROM %s m JOIN %s s ON s.rowid = m.srow JOIN %s t "
-                     "ON t.rowid = m.trow WHERE %s AND %s IS NOT NULL" % (q(batch), expr[c], M, S, T, empty, expr[c]))
+            self.sql("INSERT INTO temp.%s (trow, v) SELECT t.rowid, %s FROM %s m JOIN %s s ON s.rowid = m.srow "
+                     "JOIN %s t ON t.rowid = m.trow WHERE %s AND %s IS NOT NULL"
+                     % (q(batch), expr[c], M, S, T, empty, expr[c]))
             self.sql("UPDATE %s SET %s = (SELECT v FROM temp.%s b WHERE b.trow = %s.rowid) WHERE rowid IN "
                      "(SELECT trow FROM temp.%s)" % (T, q(tcol[c]), q(batch), T, q(batch)))
             filled += self.one("SELECT changes()")
@@ -861,8 +874,9 @@ class _Engine:
             params = (int(base),)
         else:
             params = ()
-        self.sql("INSERT INTO temp.%s (old, new, fresh) SELECT s.%s, %s, 1 FROM %s s LEFT JOIN %s m ON m.srow = s.rowid "
-                 "WHERE m.srow IS NULL AND s.%s IS NOT NULL" % (q(name), q(sr), new_key, S, M, q(sr)), params)
+        self.sql("INSERT INTO temp.%s (old, new, fresh) SELECT s.%s, %s, 1 FROM %s s LEFT JOIN %s m "
+                 "ON m.srow = s.rowid WHERE m.srow IS NULL AND s.%s IS NOT NULL"
+                 % (q(name), q(sr), new_key, S, M, q(sr)), params)
         taken = self.sql("SELECT new FROM temp.%s k WHERE fresh = 1 AND EXISTS (SELECT 1 FROM %s t WHERE t.%s = k.new) "
                          "LIMIT 1" % (q(name), T, q(tr))).fetchone()
         if taken:

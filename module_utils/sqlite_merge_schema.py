@@ -100,7 +100,8 @@ class MergeOptions:
 
     def __init__(self, keys=None, on_conflict="keep_target", newest_column=None, table_map=None,
                  clash_policy="prefix", references=None, secret_columns=None, ledger_table=DEFAULT_LEDGER_TABLE,
-                 conflicts_table=DEFAULT_CONFLICTS_TABLE, lock_timeout=2.0, use_ledger=True, workdir=None, pragmas=None):
+                 conflicts_table=DEFAULT_CONFLICTS_TABLE, lock_timeout=2.0, use_ledger=True, workdir=None,
+                 pragmas=None):
         if on_conflict not in ON_CONFLICT_CHOICES:
             raise MergeError("on_conflict must be one of %s, got %r" % (", ".join(ON_CONFLICT_CHOICES), on_conflict))
         if on_conflict == "newest" and not newest_column:

@@ -38,7 +38,8 @@ def build(root):
                         "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, user_id TEXT NOT NULL REFERENCES "
                         "users(user_id), created_at TEXT)",
                         "CREATE TABLE guest_codes (code TEXT PRIMARY KEY, note TEXT)",
-                        "CREATE TABLE audit (id INTEGER PRIMARY KEY, user_id TEXT REFERENCES users(user_id), what TEXT)",
+                        "CREATE TABLE audit (id INTEGER PRIMARY KEY, user_id TEXT REFERENCES users(user_id), "
+                        "what TEXT)",
                         "CREATE INDEX idx_users_email ON users (email)"], {
         "users": [("usr_a1", "admin", "admin@zoe.local", H % "admin", None, T0, "admin", H % "1234", 1, T0),
                   ("usr_u2", "user", "other@zoe.local", H % "other", None, T0, "user", None, 1, T0),
@@ -224,7 +225,7 @@ def test_not_null_column_the_source_cannot_fill_keeps_it_apart_or_refuses(tmp_pa
     t = make_db(tmp_path / "t.db", ["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT, owner TEXT NOT NULL)"],
                 {"notes": [(1, "a", "me")]})
     s = make_db(tmp_path / "s.db", ["CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)"], {"notes": [(1, "b")]})
-    with pytest.raises(sm.ShapeClashError, match="target column owner is NOT NULL without default"):
+    with pytest.raises(sm.ShapeClashError, match="target column owner is NOT NULL without default and the source has no such column to fill it for its new rows"):
         sm.merge_databases(t, [s], clash_policy="refuse")
     result = sm.merge_databases(t, [s])
     assert table(result, "s.db", "notes")["target_table"] == "s_notes"
@@ -246,3 +247,20 @@ def test_kept_apart_child_points_at_the_merged_parent_key(tmp_path):
     assert rows(t, "SELECT \"table\", \"to\" FROM pragma_foreign_key_list('developer_tasks_tasks')") == [
         ("users", "user_id")]
     assert rows(t, "PRAGMA foreign_key_check") == []
+
+
+def test_not_null_column_needs_no_value_for_rows_matched_by_the_natural_key(tmp_path):
+    """developer_tasks.db's users lack zoe.db's NOT NULL password_hash: fine while every one of them is a user the
+    target has (nothing to insert), a clash as soon as one would be a new row."""
+    schema = "CREATE TABLE users (user_id TEXT PRIMARY KEY, username TEXT UNIQUE, password_hash TEXT NOT NULL)"
+    t = make_db(tmp_path / "t.db", [schema], {"users": [("system", "system", H % "s")]})
+    s = make_db(tmp_path / "developer_tasks.db", ["CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE)"],
+                {"users": [(1, "system")]})
+    result = sm.merge_databases(t, [s], keys={"users": ["username"]})
+    assert (table(result, "developer_tasks.db", "users")["decision"], rows(t, "SELECT count(*) FROM users")) == (
+        "merged", [(1,)])
+    t2 = make_db(tmp_path / "t2.db", [schema], {"users": [("system", "system", H % "s")]})
+    s2 = make_db(tmp_path / "d2.db", ["CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT UNIQUE)"],
+                 {"users": [(1, "system"), (2, "ghost")]})
+    result = sm.merge_databases(t2, [s2], keys={"users": ["username"]})
+    assert table(result, "d2.db", "users")["decision"] == "kept_apart"
