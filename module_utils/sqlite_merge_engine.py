@@ -40,6 +40,21 @@ CONTENT_INDEX_COLUMNS = 4
 _NON_CONSTANT_DEFAULTS = ("CURRENT_TIME", "CURRENT_DATE", "CURRENT_TIMESTAMP")
 
 
+# Text that a numeric affinity could turn into a number is made of digits, signs, points, exponents and white
+# space only (a superset: the probe decides); '2025-01-01 10:00' and 'abc' are not, and skip the probe.
+_NUMERIC_TEXT = "(typeof(%s) = 'text' AND %s GLOB '*[0-9]*' AND %s NOT GLOB '*[^0-9.eE+ \t\n\r-]*')"
+
+
+def _candidate(value, target_affinity):
+    """SQL true for a value whose storage class the target affinity may change (a superset of those it changes)."""
+    numeric_text = _NUMERIC_TEXT % (value, value, value)
+    if target_affinity == "TEXT":
+        return "typeof(%s) IN ('integer', 'real')" % value
+    if target_affinity == "REAL":
+        return "(typeof(%s) = 'integer' OR %s)" % (value, numeric_text)
+    return "((typeof(%s) = 'real' AND %s = CAST(%s AS INTEGER)) OR %s)" % (value, value, value, numeric_text)
+
+
 def _fresh_id(prefix, source, table, old):
     """A key of the target's kind for an unmatched row: the target's prefix and 16 hex digits derived from the
     source and its key, so a dry run and the real run choose the same key."""
@@ -637,9 +652,7 @@ class _Engine:
             probe = self._name("probe")
             spec = ", ".join("c%d %s, o%d" % (i, tdecl, i) for i, (_, _, tdecl, _) in enumerate(checks))
             self.sql("CREATE TEMP TABLE %s (srow INTEGER PRIMARY KEY, %s)" % (q(probe), spec))
-            candidate = " OR ".join("typeof(%s) IN (%s)" % (value, ", ".join("'%s'" % k for k in
-                                                                               _CONVERTIBLE[affinity(tdecl)]))
-                                    for _, _, tdecl, value in checks)
+            candidate = " OR ".join(_candidate(value, affinity(tdecl)) for _, _, tdecl, value in checks)
             head = "SELECT s.rowid, %s FROM %s s" % (", ".join("%s, %s" % (v, v) for _, _, _, v in checks),
                                                      "src.%s" % q(shape.name))
             if M:
