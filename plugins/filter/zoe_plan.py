@@ -218,15 +218,17 @@ def zoe_plan(facts):
 
 # ------------------------------------------------------------------------------------------------ comparing
 
-def _say(value):
+def _say(value, limit=160):
+    """A value as a difference shows it: lists joined, dicts as compact JSON, at most `limit` characters."""
     if value is None:
-        return "none"
-    if isinstance(value, list):
-        return ", ".join(_say(v) for v in value) if value else "none"
-    if isinstance(value, dict):
+        text = "none"
+    elif isinstance(value, list):
+        text = ", ".join(_say(v, limit) for v in value) if value else "none"
+    elif isinstance(value, dict):
         text = json.dumps(value, sort_keys=True, separators=(",", ": "))
-        return text if len(text) <= 120 else text[:117] + "..."
-    return str(value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _some(items):
