@@ -136,6 +136,9 @@ notes:
   - A view or trigger body names tables by identifiers; an identifier spelled like a table kept apart is renamed
     with it. A carried view that does not compile in the target, or a UNIQUE index the merged rows violate, is
     refused by name (RV(sources[].objects) lists what became of each object).
+  - A row whose value was stored converted is recorded once; a rerun with the ledger skips its source, a merge
+    without the ledger (not what the module does) compares the stored value with the source's and may insert the
+    row again in a table keyed only by an integer id.
   - Keys and rows shown in the result, the diff and error messages are masked where the column name looks secret
     (O(secret_columns) plus pass, code, pin, otp, nonce, key) or the value looks like a hash or token.
 seealso:

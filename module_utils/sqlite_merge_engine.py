@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sqlite3
 
 from ansible.module_utils.zoe_secrets import mask_value
@@ -473,7 +474,7 @@ class _Engine:
         if d["action"] == "create":
             self.phase = "merge: insert new"
             values, joins = self._mapped_select(source_path, shape, shapes, cols)
-            converted = self._probe(source_path, shape, tshape, target, cols, values, joins, None, counts)
+            converted = self._probe(source_path, shape, shapes, tshape, target, cols, values, joins, None, counts)
             self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s%s ORDER BY s.rowid" % (
                 T, ", ".join(q(tcol[c]) for c in cols), ", ".join(values), S, joins))
             counts["inserted"] = self.one("SELECT changes()")
@@ -545,7 +546,8 @@ class _Engine:
                 names, values = [q(rid)] + names, [self._new_key_sql(source_path, shape, tshape, plan, T)] + values
             ignore = mode == "key" and self._key_enforced(tshape, key, rid, target)
             probe_cols, probe_values = rest, values[len(values) - len(rest):]
-            converted = self._probe(source_path, shape, tshape, target, probe_cols, probe_values, joins, M, counts)
+            converted = self._probe(source_path, shape, shapes, tshape, target, probe_cols, probe_values, joins, M,
+                                    counts)
             self.phase = "merge: insert new"
             order = self._insert_order(shape, key, rid)
             try:
@@ -624,7 +626,7 @@ class _Engine:
 
     # ---- values whose storage class the target would change
 
-    def _probe(self, source_path, shape, tshape, target, cols, values, joins, M, counts):
+    def _probe(self, source_path, shape, shapes, tshape, target, cols, values, joins, M, counts):
         """Which new rows hold a value the target column's affinity would change ('007' into NUMERIC becomes 7).
 
         Only columns whose affinity differs from the value's (declared types of another affinity, values
@@ -646,14 +648,21 @@ class _Engine:
             if tshape.alias and tname.lower() == tshape.alias.lower():
                 continue
             if (affinity(sdecl) != affinity(tdecl) or mapped) and _CONVERTIBLE[affinity(tdecl)]:
-                checks.append((c, tname, tdecl, value))
+                candidate = _candidate(value, affinity(tdecl))
+                join = re.match(r"COALESCE\((_zm_j\d+)\.new, (.+)\)$", value) if mapped else None
+                if join and not self.one("SELECT EXISTS (SELECT 1 FROM temp.%s WHERE %s)" % (
+                        q(self._map_of(source_path, shape, shapes, c)), _candidate("new", affinity(tdecl)))):
+                    # no key in the map changes class there: only values the map does not translate can
+                    candidate = "(%s.new IS NULL AND %s)" % (join.group(1), _candidate(join.group(2),
+                                                                                       affinity(tdecl)))
+                checks.append((c, tname, tdecl, value, candidate))
         probe = None
         if checks:
             probe = self._name("probe")
-            spec = ", ".join("c%d %s, o%d" % (i, tdecl, i) for i, (_, _, tdecl, _) in enumerate(checks))
+            spec = ", ".join("c%d %s, o%d" % (i, check[2], i) for i, check in enumerate(checks))
             self.sql("CREATE TEMP TABLE %s (srow INTEGER PRIMARY KEY, %s)" % (q(probe), spec))
-            candidate = " OR ".join(_candidate(value, affinity(tdecl)) for _, _, tdecl, value in checks)
-            head = "SELECT s.rowid, %s FROM %s s" % (", ".join("%s, %s" % (v, v) for _, _, _, v in checks),
+            candidate = " OR ".join(check[4] for check in checks)
+            head = "SELECT s.rowid, %s FROM %s s" % (", ".join("%s, %s" % (check[3], check[3]) for check in checks),
                                                      "src.%s" % q(shape.name))
             if M:
                 self.sql("INSERT INTO temp.%s %s LEFT JOIN %s m ON m.srow = s.rowid%s WHERE m.srow IS NULL AND (%s)"
@@ -661,7 +670,7 @@ class _Engine:
             else:
                 self.sql("INSERT INTO temp.%s %s%s WHERE %s" % (q(probe), head, joins, candidate))
         changed = []
-        for i, (c, tname, tdecl, _) in enumerate(checks):
+        for i, (c, tname, tdecl, _, _) in enumerate(checks):
             n = self.one("SELECT count(*) FROM temp.%s WHERE typeof(c%d) != typeof(o%d)" % (q(probe), i, i))
             if n:
                 changed.append((i, c, n))
@@ -700,7 +709,7 @@ class _Engine:
                 "stored as %r, key %s) and on_conflict=fail; nothing was written" % (
                     source_path, shape.name, c, n, tshape.types[tshape.actual(c).lower()] or "(none)",
                     self._mask(c, row[-2]), self._mask(c, row[-1]), key))
-        return probe, [(i, c) for i, c, _ in changed], [(i, c) for i, (c, _, _, _) in enumerate(checks)]
+        return probe, [(i, c) for i, c, _ in changed], [(i, check[0]) for i, check in enumerate(checks)]
 
     def _record_converted(self, source_path, shape, target, converted, key, counts):
         """Both versions of every inserted row whose value the target's affinity changed, as conflicts
@@ -875,7 +884,11 @@ class _Engine:
             self._register_map(source_path, shape, None)
             return unmatched, 0, 0
         name = self._name("map")
-        self.sql("CREATE TEMP TABLE %s (old PRIMARY KEY, new, fresh INTEGER NOT NULL, okey TEXT)" % q(name))
+        # `old` has the source key's affinity, so a child column of that affinity seeks the map's index
+        key_type = "INTEGER" if shape.alias and sr.lower() == shape.alias.lower() else \
+            {"BLOB": ""}.get(affinity(shape.types[sr.lower()]), affinity(shape.types[sr.lower()]))
+        self.sql("CREATE TEMP TABLE %s (old %s PRIMARY KEY, new, fresh INTEGER NOT NULL, okey TEXT)"
+                 % (q(name), key_type))
         self.sql("INSERT INTO temp.%s (old, new, fresh) SELECT s.%s, t.%s, 0 FROM %s m JOIN %s s ON s.rowid = m.srow "
                  "JOIN %s t ON t.rowid = m.trow WHERE s.%s IS NOT NULL" % (q(name), q(sr), q(tr), M, S, T, q(sr)))
         repointed = self.one("SELECT count(*) FROM temp.%s WHERE old IS NOT new OR typeof(old) != typeof(new)"
@@ -898,6 +911,11 @@ class _Engine:
                                      % (source_path, shape.name, tr, self._mask(tr, taken[0]), target, target))
         remapped = self.one("SELECT count(*) FROM temp.%s WHERE fresh = 1 AND (old IS NOT new OR typeof(old) != "
                             "typeof(new))" % q(name))
+        if not repointed and not remapped:
+            # every source key is the target's key already: nothing to re-point, no join for the children
+            self._register_map(source_path, shape, None)
+            self.sql("DROP TABLE temp.%s" % q(name))
+            return unmatched, 0, 0
         self.sql("UPDATE temp.%s SET okey = CAST(old AS TEXT)" % q(name))
         self.sql("CREATE INDEX temp.%s ON %s (okey)" % (q(self._name("okey")), q(name)))
         self.map_affinity[name] = affinity(shape.types[sr.lower()])
