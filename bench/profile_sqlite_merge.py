@@ -53,7 +53,8 @@ def profile_statements(result_path, target, sources):
     sm._Engine.sql, sm._Engine.one = wrap(sql), wrap(one)
     try:
         shutil.copyfile(target, result_path)
-        with sm.plan_merge(result_path, sources, workdir=os.path.dirname(result_path), keys={"owners": ["name"]}) as plan:
+        with sm.plan_merge(result_path, sources, workdir=os.path.dirname(result_path),
+                           keys={"owners": ["name"]}) as plan:
             sm.apply_merge(plan)
     finally:
         sm._Engine.sql, sm._Engine.one = sql, one
