@@ -144,11 +144,13 @@ def test_a_missing_database(host):
                    NOT_STOPPED)
 
 
-def test_a_schema_clash_without_a_table_map(host):
-    """learning.db and self_awareness.db both have an `events` table of another shape; no table_map for it."""
-    result = host.playbook("consolidate.yml", "-e", json.dumps({"zoe_merge_table_map": {}}))
-    assert_refused(host, result, "ShapeClashError", "table events clashes with table events of the",
-                   "map it to another")
+def test_a_schema_clash_with_clash_policy_refuse(host):
+    """agent_planning.db's task_executions shares its name, not its keys, with zoe.db's: kept apart by default,
+    an error naming the table and the ways out under zoe_merge_clash_policy=refuse."""
+    result = host.playbook("consolidate.yml", "-e", "zoe_merge_clash_policy=refuse")
+    assert_refused(host, result, "ShapeClashError", "agent_planning.db: table task_executions cannot merge into "
+                   "table task_executions of the target", "primary keys differ", "clash_policy=refuse",
+                   "set clash_policy=prefix")
 
 
 def test_a_relative_zoe_root(host):
