@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from ansible.module_utils import sqlite_merge as sm
 
+from test_sqlite_merge_fixtures import rows as query
+
 KINDS = ("natural", "holds", "text_id", "int_id")
 TYPES = ("TEXT", "TIMESTAMP", "INTEGER", "REAL", "")
 VALUES = ("007", "12", "abc", "2025-01-01 10:00", 5, 1.5, 3.0, None)
@@ -68,14 +70,6 @@ def build(path, spec, with_children=True):
     conn.commit()
     conn.close()
     return keys
-
-
-def query(path, sql):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def typed(value):

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from ansible.module_utils import sqlite_merge as sm
 
+from test_sqlite_merge_fixtures import rows as query
+
 KINDS = ["natural", "text_pk", "surrogate", "content"]
 SCHEMA = {
     "natural": "CREATE TABLE t (id INTEGER PRIMARY KEY, k TEXT UNIQUE, a INTEGER, b TEXT)",
@@ -41,14 +43,6 @@ def build(path, kind, rows_):
     conn.commit()
     conn.close()
     return path
-
-
-def query(path, sql):
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def count(path):
