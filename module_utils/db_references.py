@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
 import re
 
+from ansible.module_utils.zoe_glob import glob_match as _glob_match, glob_regex as _glob_regex
 from ansible.module_utils.zoe_secrets import mask_text
 
 DEFAULT_SKIP_DIRS = (
@@ -63,55 +63,9 @@ def name_pattern(names):
 
 # --- file selection -------------------------------------------------------------------------------
 
-def _glob_regex(pattern):
-    """Translate a gitignore/glob pattern (`*`, `?`, `**`, `[...]`) into a regex over `/` paths."""
-    out, i = [], 0
-    while i < len(pattern):
-        char = pattern[i]
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif char == "*":
-            out.append("[^/]*")
-            i += 1
-        elif char == "?":
-            out.append("[^/]")
-            i += 1
-        elif char == "[":
-            end = pattern.find("]", i + 1)
-            if end == -1:
-                out.append(re.escape(char))
-                i += 1
-            else:
-                body = pattern[i + 1:end].replace("\\", "\\\\")
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[%s]" % body)
-                i = end + 1
-        else:
-            out.append(re.escape(char))
-            i += 1
-    return "".join(out)
-
-
 def glob_match(pattern, relpath):
-    """True when a root-relative path matches an include/exclude/exempt glob.
-
-    A pattern without `/` matches the base name at any depth (`*.md`); otherwise it is anchored at
-    the root (`services/*/migrate.py`, `docs/**`). A plain directory path also matches what is under it.
-    """
-    pattern = pattern.strip()
-    if pattern.startswith("./"):
-        pattern = pattern[2:]
-    pattern = pattern.lstrip("/")
-    if "/" not in pattern.rstrip("/"):
-        return fnmatch.fnmatchcase(os.path.basename(relpath), pattern.rstrip("/")) or any(
-            fnmatch.fnmatchcase(part, pattern.rstrip("/")) for part in relpath.split("/")[:-1])
-    regex = _glob_regex(pattern.rstrip("/"))
-    return re.fullmatch(regex + "(?:/.*)?", relpath) is not None
+    """True when a root-relative path matches an include/exclude/exempt glob (the path globs of zoe_glob)."""
+    return _glob_match(pattern, relpath)
 
 
 class GitIgnore(object):
