@@ -8,7 +8,7 @@
 #   plugins/{action,filter,lookup,doc_fragments}/ -> plugins/<same>/ (project imports rewritten the same way)
 #   roles/                  -> roles/                 module, lookup, filter and role names by FQCN
 #   consolidate.yml, rollback.yml -> playbooks/       (ansible-playbook zoe.consolidate.consolidate)
-#   galaxy.yml, meta/runtime.yml, README.md, docs/ as they are
+#   galaxy.yml, meta/runtime.yml, README.md, LICENSE, CHANGELOG.md, docs/ as they are
 # then `ansible-galaxy collection build`. Install the tarball with
 #   ansible-galaxy collection install build/zoe-consolidate-<version>.tar.gz
 set -euo pipefail
@@ -142,7 +142,7 @@ for name in ("consolidate.yml", "rollback.yml"):
         text = handle.read()
     with open(os.path.join(tree, "playbooks", name), "w") as handle:
         handle.write(yaml_copy(text))
-for name in ("galaxy.yml", "README.md", os.path.join("meta", "runtime.yml")):
+for name in ("galaxy.yml", "README.md", "LICENSE", "CHANGELOG.md", os.path.join("meta", "runtime.yml")):
     os.makedirs(os.path.dirname(os.path.join(tree, name)), exist_ok=True)
     shutil.copy2(os.path.join(repo, name), os.path.join(tree, name))
 if os.path.isdir(os.path.join(repo, "docs")):
