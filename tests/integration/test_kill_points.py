@@ -335,7 +335,7 @@ def test_a_kill_in_the_middle_of_the_merge_is_survived(merge_host):
     """The merge from scratch in the window (the fallback when the prepared merge is stale): killed half-way."""
     host = merge_host
     runs_before = set()
-    unprepared = ("-e", "consolidate_prepare_merge=false")
+    unprepared = ("-e", "prepare_merge=false")
     headers, code, out = run_streaming(host, extra=unprepared)
     assert code == 0, out[-5000:]
     counts = zoe_counts(host)
