@@ -42,8 +42,10 @@ _NON_CONSTANT_DEFAULTS = ("CURRENT_TIME", "CURRENT_DATE", "CURRENT_TIMESTAMP")
 
 
 # Text that a numeric affinity could turn into a number is made of digits, signs, points, exponents and white
-# space only (a superset: the probe decides); '2025-01-01 10:00' and 'abc' are not, and skip the probe.
-_NUMERIC_TEXT = "(typeof(%s) = 'text' AND %s GLOB '*[0-9]*' AND %s NOT GLOB '*[^0-9.eE+ \t\n\r-]*')"
+# space only (a superset: the probe decides); '2025-01-01 10:00' and 'abc' are not, and skip the probe. rtrim()
+# stops at the first other character from the end: half the CPU of NOT GLOB '*[^...]*', which tries every
+# position (bench/profile_sqlite_merge.py: 0.115 -> 0.052 s over 71,428 dates).
+_NUMERIC_TEXT = "(typeof(%s) = 'text' AND rtrim(%s, '0123456789.eE+- \t\n\r') = '' AND %s GLOB '*[0-9]*')"
 
 
 def _candidate(value, target_affinity):
