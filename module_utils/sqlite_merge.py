@@ -25,7 +25,6 @@ import os
 import shutil
 import sqlite3
 import tempfile
-import time
 
 from ansible.module_utils.zoe_secrets import mask_row
 from ansible.module_utils.zoe_sqlite import consistent_copy, quote_identifier, table_names  # noqa: F401
@@ -51,36 +50,6 @@ MERGE_CACHE_KIB = 16384   # page cache of the work copy during the merge (SQLite
 
 # ---------------------------------------------------------------------------------------------- plan / apply
 
-class Timings(dict):
-    """Wall seconds per phase of one merge ({phase: seconds}, summed over sources), for the benchmark's profile.
-
-    .cpu holds the CPU seconds of the thread that ran each phase: on a shared machine the wall clock is mostly
-    waiting for a core, the CPU time says what the phase costs.
-    """
-
-    def __init__(self):
-        dict.__init__(self)
-        self.cpu = {}
-
-    def span(self, phase):
-        return _Span(self, phase)
-
-    def add(self, phase, wall, cpu):
-        self[phase] = self.get(phase, 0.0) + wall
-        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
-
-
-class _Span:
-    def __init__(self, timings, phase):
-        self.timings, self.phase = timings, phase
-
-    def __enter__(self):
-        self.start, self.start_cpu = time.perf_counter(), time.thread_time()
-
-    def __exit__(self, *exc):
-        self.timings.add(self.phase, time.perf_counter() - self.start, time.thread_time() - self.start_cpu)
-
-
 class MergePlan:
     """The result of plan_merge: accounting, and the merged copy of the target that apply_merge writes."""
 
@@ -94,14 +63,14 @@ class MergePlan:
         self.target_stat = None
         self.conflict_samples = []
         self.schema_changes = {"tables_created": [], "columns_added": []}
-        self.timings = Timings()   # per-phase seconds; not part of the module result
         self.fk_before = {}
         self.verification = None   # the result checks, running in the background until verified()
+        self.on_close = []         # callables close() runs last (sqlite_merge_prepare: remove an unused prepared_dir)
 
     def verified(self):
         """Wait for the result checks (integrity_check, foreign_key_check) of the merged copy; raise if they failed."""
         if self.verification is not None:
-            self.verification.wait(self.timings)
+            self.verification.wait()
 
     def close(self):
         if self.verification is not None:
@@ -109,6 +78,8 @@ class MergePlan:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        while self.on_close:
+            self.on_close.pop()()
 
     def __enter__(self):
         return self
@@ -246,18 +217,15 @@ def plan_merge(target, sources, **options):
 
 def _plan_into(plan, target, sources, opts):
     plan.target_stat = _stat_key(target)
-    timings = plan.timings
     try:
-        with timings.span("target copy"):
-            plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
-            if plan.digest_target:
-                plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
+        plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
+        if plan.digest_target:
+            plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
     except OSError as exc:
         raise _translate(exc, target)
     conn = sqlite3.connect(plan.merged_copy, isolation_level=None)
     try:
-        with timings.span("target integrity_check"):
-            _check_integrity(target, conn)
+        _check_integrity(target, conn)
         merged_paths, merged_pairs = _ledger(conn, opts)
         present = []
         for raw in sources:
@@ -299,7 +267,7 @@ def _merge_present(plan, conn, present, merged_pairs, opts):
     An error of a source's copy or check wins over an error of the merge (first_error), as when every source
     was copied and checked before the merge started.
     """
-    pipeline = _SourcePipeline(present, plan.workdir, plan.timings)
+    pipeline = _SourcePipeline(present, plan.workdir)
     merged, engine = [], None
     try:
         for i, path in enumerate(present):
@@ -333,10 +301,9 @@ def _start_engine(plan, conn, opts):
     conn.execute("PRAGMA main.cache_size = %d" % -MERGE_CACHE_KIB)  # bounded: the same for 1M rows or 5M
     for pragma in opts.pragmas:
         conn.execute("PRAGMA %s" % pragma)
-    with plan.timings.span("target foreign_key_check"):
-        plan.fk_before = _fk_counts(conn)
+    plan.fk_before = _fk_counts(conn)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    engine = _Engine(conn, opts, now, plan.timings)
+    engine = _Engine(conn, opts, now)
     conn.execute("BEGIN")
     engine.ensure_bookkeeping()
     conn.execute("COMMIT")
@@ -351,9 +318,8 @@ def _finish_engine(plan, conn, engine, opts):
                 plan.schema_changes["tables_created"].append(t["target_table"])
             for col in t.get("columns_added", []):
                 plan.schema_changes["columns_added"].append("%s.%s" % (t["target_table"], col))
-    plan.verification = _Verification(plan.target, plan.merged_copy, plan.fk_before, plan.timings)
-    with plan.timings.span("conflict samples"):
-        plan.conflict_samples = _conflict_samples(conn, opts, engine.now)
+    plan.verification = _Verification(plan.target, plan.merged_copy, plan.fk_before)
+    plan.conflict_samples = _conflict_samples(conn, opts, engine.now)
     plan.changed = True
 
 
@@ -421,9 +387,7 @@ def apply_merge(plan):
         if remaining <= BACKUP_STEP_PAGES:
             plan.verified()  # the next step copies the rest and commits
 
-    with plan.timings.span("apply: backup"):
-        backup_into(plan.merged_copy, target, plan.options.lock_timeout, pages=BACKUP_STEP_PAGES,
-                    progress=before_commit)
+    backup_into(plan.merged_copy, target, plan.options.lock_timeout, pages=BACKUP_STEP_PAGES, progress=before_commit)
     return plan.result()
 
 

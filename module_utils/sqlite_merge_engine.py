@@ -42,15 +42,13 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
     sqlite_merge_keys, the type probe in sqlite_merge_types, indexes, triggers and views in sqlite_merge_objects.
     """
 
-    def __init__(self, conn, opts, now, timings):
+    def __init__(self, conn, opts, now):
         self.conn = conn
-        self.timings = timings
         self.opts = opts
         self.now = now
         self.maps = {}       # (source basename, source table) -> temp map table name (source key -> target key)
         self.placed = {}     # (source basename, source table) -> {target_table, key_from, key_to}
         self.counter = 0
-        self.phase = "merge: other"  # the timings bucket sql() adds to
         self.temp_indexes = []       # match indexes on target tables, dropped by finish()
         self.row_counts = {}         # target table -> rows, see _target_rows
         self.deferred = []           # (source path, kind, name, sql) of triggers and views, created by finish()
@@ -60,12 +58,10 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
         conn.create_function("zoe_fresh_id", 4, _fresh_id, deterministic=True)
 
     def sql(self, text, params=()):
-        with self.timings.span(self.phase):
-            return self.conn.execute(text, params)
+        return self.conn.execute(text, params)
 
     def one(self, text, params=()):
-        with self.timings.span(self.phase):
-            return self.conn.execute(text, params).fetchone()[0]
+        return self.conn.execute(text, params).fetchone()[0]
 
     def _name(self, kind):
         self.counter += 1
@@ -92,12 +88,10 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
         self.sql("ATTACH DATABASE ? AS src", (copy_path,))
         # On error the whole work copy is discarded: no cleanup here that could mask the error.
         self.sql("BEGIN")
-        with self.timings.span("merge: schema"):
-            shapes = self._source_shapes(source_path)
-            decisions = [self._decide(source_path, shapes[name], shapes) for name in self._order(source_path, shapes)]
+        shapes = self._source_shapes(source_path)
+        decisions = [self._decide(source_path, shapes[name], shapes) for name in self._order(source_path, shapes)]
         tables = [self._merge_rows(source_path, d, shapes) for d in decisions]
-        with self.timings.span("merge: schema"):
-            objects = self._schema_objects(source_path, tables)
+        objects = self._schema_objects(source_path, tables)
         totals = {k: sum(t[k] for t in tables) for k in ("source_rows", "inserted", "identical", "conflicts")}
         account = {"path": source_path, "digest": digest, "status": "merged", "tables": tables, "objects": objects}
         account.update(totals)
@@ -105,8 +99,7 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
                  "conflicts, accounting) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % q(self.opts.ledger_table),
                  (source_path, digest, self.now, totals["source_rows"], totals["inserted"], totals["identical"],
                   totals["conflicts"], json.dumps({"tables": tables, "objects": objects}, sort_keys=True)))
-        with self.timings.span("merge: commit"):
-            self.sql("COMMIT")
+        self.sql("COMMIT")
         self.sql("DETACH DATABASE src")
         return account
 
@@ -193,7 +186,6 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
     def finish(self):
         """Create the carried-over triggers and views (after every source's rows: no trigger fires on merged rows),
         then drop the match indexes: the merged target has exactly the schema the sources and the target asked for."""
-        self.phase = "merge: schema objects"
         for source_path, kind, name, sql in self.deferred:
             try:
                 self.sql(sql)
@@ -203,7 +195,6 @@ class _Engine(_Decisions, _Rows, _KeyMaps, _TypeProbe, _SchemaObjects):
                 raise SchemaObjectError("%s: %s %s cannot be carried into the target (%s); drop it from the source "
                                         "or create it by hand after the merge" % (source_path, kind, name, exc))
         self.deferred = []
-        self.phase = "merge: cleanup"
         for name in self.temp_indexes:
             self.sql("DROP INDEX main.%s" % q(name))
         self.temp_indexes = []

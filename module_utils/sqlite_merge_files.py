@@ -124,29 +124,26 @@ def _refuse_target_as_source(path, target):
                                   "into itself" % (path, target))
 
 
-def _copy_source(path, workdir, timings):
+def _copy_source(path, workdir):
     """Lock probe, then the source's private copy and its digest. Raises the named error for the file."""
     if writer_holds_lock(path):
         raise DatabaseLockedError("%s: source is locked by a writer (or has a hot journal); stop its service"
                                   % path)
     try:
-        with timings.span("source copy (background)"):
-            copy = consistent_copy(path, workdir=workdir)
+        copy = consistent_copy(path, workdir=workdir)
     except SQLiteFileError as exc:
         raise NotADatabaseError(str(exc))
     except OSError as exc:
         raise _translate(exc, path)
-    with timings.span("source digest (background)"):
-        digest = file_digest([copy, copy + "-wal"])
+    digest = file_digest([copy, copy + "-wal"])
     return copy, digest
 
 
-def _check_source(path, copy, timings):
+def _check_source(path, copy):
     """Full integrity_check of a source's copy (its own connection: runs beside the merge that reads the copy)."""
     conn = sqlite3.connect(copy)
     try:
-        with timings.span("source integrity_check (background)"):
-            _check_integrity(path, conn)
+        _check_integrity(path, conn)
     finally:
         conn.close()
 
@@ -162,21 +159,20 @@ class _SourcePipeline:
     The worker copies the next source before checking the current one, so the merge rarely waits for a copy.
     """
 
-    def __init__(self, paths, workdir, timings):
+    def __init__(self, paths, workdir):
         self.paths = list(paths)
-        self.timings = timings
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoe-merge-source")
         self.copied, self.checked = [], []
         for i, path in enumerate(self.paths):
             if i == 0:
-                self.copied.append(self.executor.submit(_copy_source, path, workdir, timings))
+                self.copied.append(self.executor.submit(_copy_source, path, workdir))
             if i + 1 < len(self.paths):
-                self.copied.append(self.executor.submit(_copy_source, self.paths[i + 1], workdir, timings))
+                self.copied.append(self.executor.submit(_copy_source, self.paths[i + 1], workdir))
             self.checked.append(self.executor.submit(self._check, i))
 
     def _check(self, i):
         copy, _ = self.copied[i].result()
-        _check_source(self.paths[i], copy, self.timings)
+        _check_source(self.paths[i], copy)
 
     def copy_of(self, i):
         """(copy path, digest) of source i, once copied; raises the first error a sequential run would raise."""
@@ -192,10 +188,9 @@ class _SourcePipeline:
 
     def wait_checked(self):
         """Block until every source passed its integrity_check; raise the first error otherwise."""
-        with self.timings.span("wait for source checks"):
-            for i in range(len(self.paths)):
-                if self.checked[i].exception() is not None:
-                    raise self.first_error()
+        for i in range(len(self.paths)):
+            if self.checked[i].exception() is not None:
+                raise self.first_error()
 
     def first_error(self):
         """The error of the first failing step in sequential order (copy 1, check 1, copy 2, ...), or None."""

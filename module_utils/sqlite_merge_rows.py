@@ -80,7 +80,6 @@ class _Rows:
         target = d["target_table"]
         tshape = Shape(self.conn, "main", target)
         S, T = "src.%s" % q(shape.name), "main.%s" % q(target)
-        self.phase = "merge: count"
         counts = dict(d, source_rows=self.one("SELECT count(*) FROM %s" % S), inserted=0, identical=0, conflicts=0,
                       conflicts_source_won=0, remapped=0, repointed=0, converted=0, mode="copy",
                       target_rows_before=self._target_rows(target))
@@ -88,7 +87,6 @@ class _Rows:
         cols = [c for c in shape.columns if c != consumed]
         tcol = {c: tshape.actual(c) for c in cols}
         if d["action"] == "create":
-            self.phase = "merge: insert new"
             values, joins = self._mapped_select(source_path, shape, shapes, cols)
             converted = self._probe(source_path, shape, shapes, tshape, target, cols, values, joins, None, counts)
             self.sql("INSERT INTO %s (%s) SELECT %s FROM %s s%s ORDER BY s.rowid" % (
@@ -119,7 +117,6 @@ class _Rows:
                  % q(match))
         M = "temp.%s" % q(match)
         try:
-            self.phase = "merge: match"
             if mode == "key":
                 self._match_by_key(source_path, shape, tshape, key, S, T, M, cmp_sql)
             else:
@@ -131,7 +128,6 @@ class _Rows:
             counts["conflicts"] = self.one("SELECT count(*) FROM %s WHERE same = 0" % M)
             if fill:
                 counts["filled"] = self._fill(target, fill, tcol, expr, S, T, M)
-            self.phase = "merge: id map"
             natural_map = bool(plan and plan["tr"]) and not (
                 tshape.alias and shape.alias and src_rid and rid.lower() == tshape.alias.lower()
                 and src_rid.lower() == shape.alias.lower())  # integer ids on both sides: _build_map keeps free ids
@@ -164,7 +160,6 @@ class _Rows:
             probe_cols, probe_values = rest, values[len(values) - len(rest):]
             converted = self._probe(source_path, shape, shapes, tshape, target, probe_cols, probe_values, joins, M,
                                     counts)
-            self.phase = "merge: insert new"
             order = self._insert_order(shape, key, rid)
             try:
                 if ignore:
@@ -194,12 +189,10 @@ class _Rows:
                 counts["keys_new"] = counts["inserted"]
             self._record_converted(source_path, shape, target, converted, key or shape.pk or [], counts)
             self._children(source_path, shape, shapes, cols, counts)
-            self.phase = "merge: conflicts"
             if counts["conflicts"]:
                 counts["conflicts_source_won"] = self._conflicts(source_path, shape, tshape, target, key, compare,
                                                                  tcol, expr, S, T, M)
         finally:
-            self.phase = "merge: cleanup"
             self.sql("DROP TABLE IF EXISTS %s" % M)
         return self._check_accounting(source_path, counts)
 

@@ -22,17 +22,15 @@ def _fk_counts(conn):
     return counts
 
 
-def _check_result_integrity(target, conn, timings):
-    with timings.span("result integrity_check (background)"):
-        errors = integrity_errors(conn)
+def _check_result_integrity(target, conn):
+    errors = integrity_errors(conn)
     if errors:
         raise VerificationError("%s: merged database fails integrity_check: %s" % (target, "; ".join(errors[:3])))
 
 
-def _check_result_foreign_keys(target, conn, fk_before, timings):
+def _check_result_foreign_keys(target, conn, fk_before):
     """foreign_key_check of the merged result; violations the target already had are not ours."""
-    with timings.span("result foreign_key_check (background)"):
-        after = _fk_counts(conn)
+    after = _fk_counts(conn)
     new = {k: v for k, v in after.items() if v > fk_before.get(k, 0)}
     if new:
         raise VerificationError("%s: merged database fails foreign_key_check: %s" % (
@@ -51,14 +49,14 @@ class _Verification:
     order of the sequential checks (integrity first).
     """
 
-    def __init__(self, target, path, fk_before, timings):
+    def __init__(self, target, path, fk_before):
         self.target, self.path = target, path
         self.lock = threading.Lock()
         self.conns = []
         self.closed = False
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zoe-merge-verify")
-        self.futures = [self.executor.submit(self._run, _check_result_integrity, target, timings),
-                        self.executor.submit(self._run, _check_result_foreign_keys, target, fk_before, timings)]
+        self.futures = [self.executor.submit(self._run, _check_result_integrity, target),
+                        self.executor.submit(self._run, _check_result_foreign_keys, target, fk_before)]
 
     def _run(self, check, *args):
         with self.lock:
@@ -76,11 +74,10 @@ class _Verification:
                 self.conns.remove(conn)
                 conn.close()
 
-    def wait(self, timings):
+    def wait(self):
         """Block until both checks are done; raise the first failure (integrity before foreign keys)."""
-        with timings.span("wait for result checks"):
-            for future in self.futures:
-                future.result()
+        for future in self.futures:
+            future.result()
 
     def close(self):
         """Stop the checks (interrupt a running PRAGMA) and join the threads."""
