@@ -249,7 +249,42 @@ conflicts:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sqlite_merge import (CLASH_POLICY_CHOICES, DEFAULT_CONFLICTS_TABLE, DEFAULT_LEDGER_TABLE,
                                                ON_CONFLICT_CHOICES, MergeError, apply_merge, plan_merge)
-from ansible.module_utils.sqlite_merge_prepare import apply_prepared, prepare_merge
+from ansible.module_utils.sqlite_merge_prepare import plan_prepare, plan_prepared, store_prepared, write_prepared
+
+
+def plan_call(target, sources, prepare, prepared_dir, options):
+    """The plan of this call: (plan, apply, prepared, show_diff). `apply()` writes the plan and returns the module
+    result; `prepared` holds RV(prepared) (and RV(prepared_reason)) when nothing is applied."""
+    if prepared_dir and prepare:
+        plan = plan_prepare(target, sources, prepared_dir, **options)
+        return plan, lambda: dict(store_prepared(plan), prepared="stored"), {"prepared": "none"}, False
+    prepared = {"prepared": "none"}
+    if prepared_dir:
+        plan, reason = plan_prepared(target, sources, prepared_dir, **options)
+        if plan is not None:
+            return plan, lambda: dict(write_prepared(plan), prepared="used"), prepared, True
+        prepared = {"prepared": "stale", "prepared_reason": reason}
+    plan = plan_merge(target, sources, **options)
+    return plan, lambda: dict(apply_merge(plan), **prepared), prepared, True
+
+
+def run(module):
+    """Plan, then apply once under the single check-mode guard."""
+    params = dict(module.params)
+    target, sources, prepare = params.pop("target"), params.pop("sources"), params.pop("prepare")
+    prepared_dir = params.pop("prepared_dir")
+    if module.check_mode:
+        prepared_dir = None  # check mode always plans from scratch and leaves the prepared directory alone
+    plan, apply, prepared, show_diff = plan_call(target, sources, prepare, prepared_dir, params)
+    with plan:
+        if plan.changed and not module.check_mode:
+            result = apply()  # before plan.result(): the backup runs beside the result checks (apply_merge)
+        else:
+            result = dict(plan.result(), **prepared)
+        if module._diff and plan.changed and show_diff:
+            result["diff"] = [plan.diff()]
+    result["changed"] = plan.changed
+    return result
 
 
 def main():
@@ -274,33 +309,11 @@ def main():
         required_if=[("on_conflict", "newest", ("newest_column",)), ("prepare", True, ("prepared_dir",))],
         supports_check_mode=True,
     )
-    params = dict(module.params)
-    target, sources = params.pop("target"), params.pop("sources")
-    prepare, prepared_dir = params.pop("prepare"), params.pop("prepared_dir")
     try:
-        if prepared_dir and not module.check_mode:
-            if prepare:
-                result, changed, diff = prepare_merge(target, sources, prepared_dir, **params)
-                module.exit_json(changed=changed, prepared="stored" if changed else "none", **result)
-            result, diff = apply_prepared(target, sources, prepared_dir, **params)
-            if result is not None:
-                if module._diff:
-                    result["diff"] = [diff]
-                module.exit_json(changed=True, prepared="used", **result)
-            stale = diff
-        with plan_merge(target, sources, **params) as plan:
-            if plan.changed and not module.check_mode:
-                apply_merge(plan)
-            result = plan.result()
-            if module._diff and plan.changed:
-                result["diff"] = [plan.diff()]
+        result = run(module)
     except MergeError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
-    if prepared_dir and not module.check_mode:
-        result.update(prepared="stale", prepared_reason=stale)
-    else:
-        result["prepared"] = "none"
-    module.exit_json(changed=plan.changed, **result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -20,26 +20,24 @@ How it works (and why):
 from __future__ import annotations
 
 import datetime
-import fcntl
-import hashlib
 import json
 import os
 import shutil
 import sqlite3
 import tempfile
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.zoe_secrets import mask_row
-from ansible.module_utils.zoe_sqlite import (SQLiteFileError, consistent_copy, foreign_key_errors, integrity_errors,
-                                             is_sqlite_file, quote_identifier, table_names)
+from ansible.module_utils.zoe_sqlite import consistent_copy, quote_identifier, table_names  # noqa: F401
 from ansible.module_utils.sqlite_merge_schema import (  # noqa: F401  (the public names of sqlite_merge)
     CLASH_POLICY_CHOICES, DEFAULT_CONFLICTS_TABLE, DEFAULT_LEDGER_TABLE, INTERNAL_PREFIX, ON_CONFLICT_CHOICES,
     ConflictError, CorruptDatabaseError, DatabaseLockedError, DiskFullError, KeyDefinitionError, MergeError,
     MergeOptions, MissingSourceError, MissingTargetError, NotADatabaseError, SchemaObjectError, Shape,
     ShapeClashError, SourceIsTargetError, TargetChangedError, TargetNotWritableError, TypeConflictError,
     UnsupportedTableError, VerificationError, affinity, rename_create, rewrite_references)
+from ansible.module_utils.sqlite_merge_files import (  # noqa: F401  (file_digest, writer_holds_lock: public too)
+    _SourcePipeline, _check_integrity, _refuse_target_as_source, _stat_key, _translate, _validate_target, file_digest,
+    writer_holds_lock)
+from ansible.module_utils.sqlite_merge_verify import _Verification, _fk_counts
 from ansible.module_utils.sqlite_merge_engine import _Engine
 
 q = quote_identifier
@@ -50,124 +48,7 @@ BACKUP_STEP_PAGES = 4096  # pages per backup step (16 MiB of 4 KiB pages)
 MERGE_CACHE_KIB = 16384   # page cache of the work copy during the merge (SQLite's default is 2000 KiB)
 
 
-# ---------------------------------------------------------------------------------------------- file checks
-
-def file_digest(paths):
-    """sha256 over the bytes of a database copy and its -wal: the identity of a source's content."""
-    digest = hashlib.sha256()
-    for path in paths:
-        if os.path.exists(path):
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
-
-
-def _lock_probe(path, offset):
-    """True when another process holds a write lock on byte `offset` of `path` (POSIX advisory locks).
-
-    The file is opened read-only and only tested, so neither its bytes nor its mtime change.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, 1, offset, os.SEEK_SET)
-        except OSError:
-            return True
-        fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset, os.SEEK_SET)
-        return False
-    finally:
-        os.close(fd)
-
-
-PENDING_BYTE = 0x40000000
-WAL_WRITE_LOCK_BYTE = 120
-
-
-def writer_holds_lock(path):
-    """True when a connection is writing `path`: RESERVED/PENDING lock, WAL write lock, or a hot journal."""
-    journal = path + "-journal"
-    if os.path.exists(journal) and os.path.getsize(journal) > 0:
-        return True
-    if _lock_probe(path, PENDING_BYTE) or _lock_probe(path, PENDING_BYTE + 1):
-        return True
-    shm = path + "-shm"
-    return os.path.exists(shm) and _lock_probe(shm, WAL_WRITE_LOCK_BYTE)
-
-
-def _stat_key(path):
-    result = []
-    for name in (path, path + "-wal"):
-        try:
-            st = os.stat(name)
-            result.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            result.append(None)
-    return result
-
-
-def _translate(exc, path):
-    """sqlite3/OS errors -> the named MergeError for `path`."""
-    text = str(exc)
-    low = text.lower()
-    if isinstance(exc, OSError) and getattr(exc, "errno", None) == 28:
-        return DiskFullError("%s: disk full during the merge (%s)" % (path, text))
-    if "full" in low:
-        return DiskFullError("%s: database or disk is full during the merge" % path)
-    if "locked" in low or "busy" in low:
-        return DatabaseLockedError("%s: database is locked by another writer" % path)
-    if "not a database" in low or "file is encrypted" in low:
-        return NotADatabaseError("%s: not a SQLite database (%s)" % (path, text))
-    if "malformed" in low or "corrupt" in low:
-        return CorruptDatabaseError("%s: database is corrupt (%s)" % (path, text))
-    if "readonly" in low or "read-only" in low or "permission" in low:
-        return TargetNotWritableError("%s: cannot write (%s)" % (path, text))
-    return MergeError("%s: %s" % (path, text))
-
-
-def _check_integrity(path, conn):
-    try:
-        errors = integrity_errors(conn)
-    except sqlite3.DatabaseError as exc:
-        raise _translate(exc, path)
-    if errors:
-        raise CorruptDatabaseError("%s: integrity_check failed: %s" % (path, "; ".join(errors[:3])))
-
-
 # ---------------------------------------------------------------------------------------------- plan / apply
-
-class Timings(dict):
-    """Wall seconds per phase of one merge ({phase: seconds}, summed over sources), for the benchmark's profile.
-
-    .cpu holds the CPU seconds of the thread that ran each phase: on a shared machine the wall clock is mostly
-    waiting for a core, the CPU time says what the phase costs.
-    """
-
-    def __init__(self):
-        dict.__init__(self)
-        self.cpu = {}
-
-    def span(self, phase):
-        return _Span(self, phase)
-
-    def add(self, phase, wall, cpu):
-        self[phase] = self.get(phase, 0.0) + wall
-        self.cpu[phase] = self.cpu.get(phase, 0.0) + cpu
-
-
-class _Span:
-    def __init__(self, timings, phase):
-        self.timings, self.phase = timings, phase
-
-    def __enter__(self):
-        self.start, self.start_cpu = time.perf_counter(), time.thread_time()
-
-    def __exit__(self, *exc):
-        self.timings.add(self.phase, time.perf_counter() - self.start, time.thread_time() - self.start_cpu)
-
 
 class MergePlan:
     """The result of plan_merge: accounting, and the merged copy of the target that apply_merge writes."""
@@ -182,14 +63,14 @@ class MergePlan:
         self.target_stat = None
         self.conflict_samples = []
         self.schema_changes = {"tables_created": [], "columns_added": []}
-        self.timings = Timings()   # per-phase seconds; not part of the module result
         self.fk_before = {}
         self.verification = None   # the result checks, running in the background until verified()
+        self.on_close = []         # callables close() runs last (sqlite_merge_prepare: remove an unused prepared_dir)
 
     def verified(self):
         """Wait for the result checks (integrity_check, foreign_key_check) of the merged copy; raise if they failed."""
         if self.verification is not None:
-            self.verification.wait(self.timings)
+            self.verification.wait()
 
     def close(self):
         if self.verification is not None:
@@ -197,6 +78,8 @@ class MergePlan:
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        while self.on_close:
+            self.on_close.pop()()
 
     def __enter__(self):
         return self
@@ -297,119 +180,11 @@ def plan_lines(sources):
     return out
 
 
-def _validate_target(target):
-    if not os.path.exists(target):
-        raise MissingTargetError("%s: target database does not exist" % target)
-    if not is_sqlite_file(target):
-        raise NotADatabaseError("%s: target is not a SQLite database" % target)
-    if not os.access(target, os.W_OK) or not os.access(os.path.dirname(target) or ".", os.W_OK):
-        raise TargetNotWritableError("%s: target (or its directory, for the journal) is not writable" % target)
-    if writer_holds_lock(target):
-        raise DatabaseLockedError("%s: target is locked by a writer; stop the services that write it" % target)
-
-
 def _ledger(conn, opts):
     if not opts.use_ledger or opts.ledger_table not in table_names(conn):
         return set(), set()
     rows = conn.execute("SELECT source, digest FROM main.%s" % q(opts.ledger_table)).fetchall()
     return {r[0] for r in rows}, {(r[0], r[1]) for r in rows}
-
-
-def _refuse_target_as_source(path, target):
-    if os.path.samefile(path, target):
-        raise SourceIsTargetError("%s: source is the target %s itself (same file); refusing to merge a database "
-                                  "into itself" % (path, target))
-
-
-def _copy_source(path, workdir, timings):
-    """Lock probe, then the source's private copy and its digest. Raises the named error for the file."""
-    if writer_holds_lock(path):
-        raise DatabaseLockedError("%s: source is locked by a writer (or has a hot journal); stop its service"
-                                  % path)
-    try:
-        with timings.span("source copy (background)"):
-            copy = consistent_copy(path, workdir=workdir)
-    except SQLiteFileError as exc:
-        raise NotADatabaseError(str(exc))
-    except OSError as exc:
-        raise _translate(exc, path)
-    with timings.span("source digest (background)"):
-        digest = file_digest([copy, copy + "-wal"])
-    return copy, digest
-
-
-def _check_source(path, copy, timings):
-    """Full integrity_check of a source's copy (its own connection: runs beside the merge that reads the copy)."""
-    conn = sqlite3.connect(copy)
-    try:
-        with timings.span("source integrity_check (background)"):
-            _check_integrity(path, conn)
-    finally:
-        conn.close()
-
-
-class _SourcePipeline:
-    """Copies, digests and integrity-checks the sources in one background thread while the main thread merges.
-
-    Why: the full integrity_check of every source was the second biggest cost of a merge, and it only reads the
-    source's private copy; SQLite and hashlib release the GIL, so it runs on a second core beside the merge of the
-    sources already copied. Nothing is weakened: every check has finished, and passed, before plan_merge returns
-    (apply_merge is the only writer of the target), and errors are raised in the order a sequential
-    copy-check-copy-check run would raise them (first_error), so the same bad input gives the same message.
-    The worker copies the next source before checking the current one, so the merge rarely waits for a copy.
-    """
-
-    def __init__(self, paths, workdir, timings):
-        self.paths = list(paths)
-        self.timings = timings
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoe-merge-source")
-        self.copied, self.checked = [], []
-        for i, path in enumerate(self.paths):
-            if i == 0:
-                self.copied.append(self.executor.submit(_copy_source, path, workdir, timings))
-            if i + 1 < len(self.paths):
-                self.copied.append(self.executor.submit(_copy_source, self.paths[i + 1], workdir, timings))
-            self.checked.append(self.executor.submit(self._check, i))
-
-    def _check(self, i):
-        copy, _ = self.copied[i].result()
-        _check_source(self.paths[i], copy, self.timings)
-
-    def copy_of(self, i):
-        """(copy path, digest) of source i, once copied; raises the first error a sequential run would raise."""
-        try:
-            return self.copied[i].result()
-        except Exception:
-            raise self.first_error() or MergeError("%s: source copy failed" % self.paths[i])
-
-    def release(self, i):
-        """The merge is done with source i: remove its copy once its check is done too (keeps disk use flat)."""
-        copy, _ = self.copied[i].result()
-        self.checked[i].add_done_callback(lambda _: shutil.rmtree(os.path.dirname(copy), ignore_errors=True))
-
-    def wait_checked(self):
-        """Block until every source passed its integrity_check; raise the first error otherwise."""
-        with self.timings.span("wait for source checks"):
-            for i in range(len(self.paths)):
-                if self.checked[i].exception() is not None:
-                    raise self.first_error()
-
-    def first_error(self):
-        """The error of the first failing step in sequential order (copy 1, check 1, copy 2, ...), or None."""
-        for i in range(len(self.paths)):
-            for future in (self.copied[i], self.checked[i]):
-                if future.cancelled():
-                    continue
-                exc = future.exception()
-                if exc is not None:
-                    self.close()
-                    return exc
-        return None
-
-    def close(self):
-        for future in self.copied + self.checked:
-            future.cancel()
-        self.executor.shutdown(wait=True)
 
 
 def plan_merge(target, sources, **options):
@@ -442,18 +217,15 @@ def plan_merge(target, sources, **options):
 
 def _plan_into(plan, target, sources, opts):
     plan.target_stat = _stat_key(target)
-    timings = plan.timings
     try:
-        with timings.span("target copy"):
-            plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
-            if plan.digest_target:
-                plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
+        plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
+        if plan.digest_target:
+            plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
     except OSError as exc:
         raise _translate(exc, target)
     conn = sqlite3.connect(plan.merged_copy, isolation_level=None)
     try:
-        with timings.span("target integrity_check"):
-            _check_integrity(target, conn)
+        _check_integrity(target, conn)
         merged_paths, merged_pairs = _ledger(conn, opts)
         present = []
         for raw in sources:
@@ -495,7 +267,7 @@ def _merge_present(plan, conn, present, merged_pairs, opts):
     An error of a source's copy or check wins over an error of the merge (first_error), as when every source
     was copied and checked before the merge started.
     """
-    pipeline = _SourcePipeline(present, plan.workdir, plan.timings)
+    pipeline = _SourcePipeline(present, plan.workdir)
     merged, engine = [], None
     try:
         for i, path in enumerate(present):
@@ -529,10 +301,9 @@ def _start_engine(plan, conn, opts):
     conn.execute("PRAGMA main.cache_size = %d" % -MERGE_CACHE_KIB)  # bounded: the same for 1M rows or 5M
     for pragma in opts.pragmas:
         conn.execute("PRAGMA %s" % pragma)
-    with plan.timings.span("target foreign_key_check"):
-        plan.fk_before = _fk_counts(conn)
+    plan.fk_before = _fk_counts(conn)
     now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    engine = _Engine(conn, opts, now, plan.timings)
+    engine = _Engine(conn, opts, now)
     conn.execute("BEGIN")
     engine.ensure_bookkeeping()
     conn.execute("COMMIT")
@@ -547,86 +318,9 @@ def _finish_engine(plan, conn, engine, opts):
                 plan.schema_changes["tables_created"].append(t["target_table"])
             for col in t.get("columns_added", []):
                 plan.schema_changes["columns_added"].append("%s.%s" % (t["target_table"], col))
-    plan.verification = _Verification(plan.target, plan.merged_copy, plan.fk_before, plan.timings)
-    with plan.timings.span("conflict samples"):
-        plan.conflict_samples = _conflict_samples(conn, opts, engine.now)
+    plan.verification = _Verification(plan.target, plan.merged_copy, plan.fk_before)
+    plan.conflict_samples = _conflict_samples(conn, opts, engine.now)
     plan.changed = True
-
-
-def _fk_counts(conn):
-    counts = {}
-    for row in foreign_key_errors(conn):
-        counts[(row[0], row[2])] = counts.get((row[0], row[2]), 0) + 1
-    return counts
-
-
-def _check_result_integrity(target, conn, timings):
-    with timings.span("result integrity_check (background)"):
-        errors = integrity_errors(conn)
-    if errors:
-        raise VerificationError("%s: merged database fails integrity_check: %s" % (target, "; ".join(errors[:3])))
-
-
-def _check_result_foreign_keys(target, conn, fk_before, timings):
-    """foreign_key_check of the merged result; violations the target already had are not ours."""
-    with timings.span("result foreign_key_check (background)"):
-        after = _fk_counts(conn)
-    new = {k: v for k, v in after.items() if v > fk_before.get(k, 0)}
-    if new:
-        raise VerificationError("%s: merged database fails foreign_key_check: %s" % (
-            target, "; ".join("%s -> %s: %d row(s)" % (k[0], k[1], v - fk_before.get(k, 0))
-                              for k, v in sorted(new.items()))))
-
-
-class _Verification:
-    """integrity_check and foreign_key_check of the merged copy, each on its own connection and thread.
-
-    Why: the full integrity_check of the merged result is the biggest cost after the inserts, and it only reads
-    the finished copy. It runs beside the conflict samples and beside apply_merge's backup into the target, whose
-    last step (the one that commits) waits for it: a failed check aborts the backup, and SQLite rolls the target's
-    transaction back (its rollback journal restores every page written so far). Nothing is weakened: no result
-    is returned and nothing is committed before both checks passed (MergePlan.verified()), and errors come in the
-    order of the sequential checks (integrity first).
-    """
-
-    def __init__(self, target, path, fk_before, timings):
-        self.target, self.path = target, path
-        self.lock = threading.Lock()
-        self.conns = []
-        self.closed = False
-        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="zoe-merge-verify")
-        self.futures = [self.executor.submit(self._run, _check_result_integrity, target, timings),
-                        self.executor.submit(self._run, _check_result_foreign_keys, target, fk_before, timings)]
-
-    def _run(self, check, *args):
-        with self.lock:
-            if self.closed:
-                raise VerificationError("%s: verification cancelled" % self.target)
-            # used by this thread only; close() may interrupt() it from another thread, which SQLite allows
-            conn = sqlite3.connect(self.path, check_same_thread=False)
-            self.conns.append(conn)
-        try:
-            check(args[0], conn, *args[1:])
-        except sqlite3.DatabaseError as exc:
-            raise VerificationError("%s: merged database fails verification: %s" % (self.target, exc))
-        finally:
-            with self.lock:
-                self.conns.remove(conn)
-                conn.close()
-
-    def wait(self, timings):
-        """Block until both checks are done; raise the first failure (integrity before foreign keys)."""
-        with timings.span("wait for result checks"):
-            for future in self.futures:
-                future.result()
-
-    def close(self):
-        """Stop the checks (interrupt a running PRAGMA) and join the threads."""
-        with self.lock:
-            self.closed = True
-            for conn in self.conns:
-                conn.interrupt()
-        self.executor.shutdown(wait=True)
 
 
 def _conflict_samples(conn, opts, now):
@@ -693,9 +387,7 @@ def apply_merge(plan):
         if remaining <= BACKUP_STEP_PAGES:
             plan.verified()  # the next step copies the rest and commits
 
-    with plan.timings.span("apply: backup"):
-        backup_into(plan.merged_copy, target, plan.options.lock_timeout, pages=BACKUP_STEP_PAGES,
-                    progress=before_commit)
+    backup_into(plan.merged_copy, target, plan.options.lock_timeout, pages=BACKUP_STEP_PAGES, progress=before_commit)
     return plan.result()
 
 

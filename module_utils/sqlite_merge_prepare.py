@@ -69,11 +69,11 @@ def discard_prepared(prepared_dir):
         shutil.rmtree(prepared_dir, ignore_errors=True)
 
 
-def prepare_merge(target, sources, prepared_dir, **options):
-    """Plan the merge now and keep the merged copy and its basis in prepared_dir. The target is not written.
+def plan_prepare(target, sources, prepared_dir, **options):
+    """Plan the merge into prepared_dir (its work copies and the merged copy live there); nothing is stored yet.
 
-    Returns (result, changed, diff): the plan's accounting (as plan_merge's result), whether a prepared merge was
-    stored (only when the merge would change the target), and the plan's diff.
+    Returns the MergePlan (digest of the target's bytes included); store_prepared(plan) keeps it. Closing a plan
+    that was not stored removes prepared_dir, as a preparation with nothing to merge leaves no directory.
     """
     prepared_dir = _check_prepared_dir(prepared_dir, target)
     discard_prepared(prepared_dir)
@@ -81,30 +81,34 @@ def prepare_merge(target, sources, prepared_dir, **options):
     os.chmod(prepared_dir, 0o700)
     options.setdefault("workdir", prepared_dir)  # the merged copy is then renamed, not copied, into place
     try:
-        with plan_merge(target, sources, digest_target=True, **options) as plan:
-            result, diff = plan.result(), plan.diff()
-            if not plan.changed:
-                discard_prepared(prepared_dir)
-                return result, False, diff
-            copy = os.path.join(prepared_dir, COPY_NAME)
-            for suffix in ("", "-wal"):
-                if os.path.exists(plan.merged_copy + suffix):
-                    os.replace(plan.merged_copy + suffix, copy + suffix)
-                    os.chmod(copy + suffix, 0o600)
-            basis = {
-                "version": BASIS_VERSION,
-                "target": plan.target,
-                "target_digest": plan.target_digest,
-                "sources": [{"path": s["path"], "status": s["status"], "digest": s.get("digest")}
-                            for s in plan.sources],
-                "options_digest": options_digest(target, sources, options),
-                "copy_digest": file_digest([copy, copy + "-wal"]),
-                "result": result,
-                "diff": diff,
-            }
+        plan = plan_merge(target, sources, digest_target=True, **options)
     except BaseException:
         discard_prepared(prepared_dir)
         raise
+    plan.prepared = {"dir": prepared_dir, "options_digest": options_digest(target, sources, options), "kept": False}
+    plan.on_close.append(lambda: None if plan.prepared["kept"] else discard_prepared(prepared_dir))
+    return plan
+
+
+def store_prepared(plan):
+    """Keep a planned merge (plan_prepare) in its prepared_dir: the merged copy and its basis. Returns the result."""
+    prepared_dir = plan.prepared["dir"]
+    result, diff = plan.result(), plan.diff()
+    copy = os.path.join(prepared_dir, COPY_NAME)
+    for suffix in ("", "-wal"):
+        if os.path.exists(plan.merged_copy + suffix):
+            os.replace(plan.merged_copy + suffix, copy + suffix)
+            os.chmod(copy + suffix, 0o600)
+    basis = {
+        "version": BASIS_VERSION,
+        "target": plan.target,
+        "target_digest": plan.target_digest,
+        "sources": [{"path": s["path"], "status": s["status"], "digest": s.get("digest")} for s in plan.sources],
+        "options_digest": plan.prepared["options_digest"],
+        "copy_digest": file_digest([copy, copy + "-wal"]),
+        "result": result,
+        "diff": diff,
+    }
     tmp = os.path.join(prepared_dir, BASIS_NAME + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -112,7 +116,21 @@ def prepare_merge(target, sources, prepared_dir, **options):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, os.path.join(prepared_dir, BASIS_NAME))
-    return result, True, diff
+    plan.prepared["kept"] = True
+    return result
+
+
+def prepare_merge(target, sources, prepared_dir, **options):
+    """Plan the merge now and keep the merged copy and its basis in prepared_dir. The target is not written.
+
+    Returns (result, changed, diff): the plan's accounting (as plan_merge's result), whether a prepared merge was
+    stored (only when the merge would change the target), and the plan's diff.
+    """
+    with plan_prepare(target, sources, prepared_dir, **options) as plan:
+        result, diff = plan.result(), plan.diff()
+        if plan.changed:
+            store_prepared(plan)
+        return result, plan.changed, diff
 
 
 def _load_basis(prepared_dir):
@@ -150,11 +168,34 @@ def exact_basis(prepared_dir, target, sources, options):
     return basis, None
 
 
-def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
-    """Write the prepared merge into the target if it is still exact; return (result, diff) or (None, reason).
+class PreparedPlan:
+    """A prepared merge that is still exact (plan_prepared): the plan of a call that writes it (write_prepared)."""
 
-    The prepared directory is removed in both cases; the caller merges from scratch on (None, reason).
-    """
+    changed = True
+
+    def __init__(self, target, prepared_dir, basis, stat, lock_timeout):
+        self.target, self.prepared_dir, self.basis = target, prepared_dir, basis
+        self.target_stat, self.lock_timeout = stat, lock_timeout
+
+    def result(self):
+        return self.basis["result"]
+
+    def diff(self):
+        return self.basis["diff"]
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def plan_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
+    """(PreparedPlan, None) when the prepared merge in prepared_dir is still exact, else (None, why not); a stale
+    prepared directory is removed (the caller merges from scratch). The target is not written."""
     options["lock_timeout"] = lock_timeout
     target = os.path.realpath(target)
     _validate_target(target)
@@ -163,12 +204,28 @@ def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
     if basis is None:
         discard_prepared(prepared_dir)
         return None, reason
-    if _stat_key(target) != before:
-        raise TargetChangedError("%s: target changed while the prepared merge was checked; run again" % target)
-    backup_into(os.path.join(prepared_dir, COPY_NAME), target, lock_timeout)
-    discard_prepared(prepared_dir)
-    return basis["result"], basis["diff"]
+    return PreparedPlan(target, prepared_dir, basis, before, lock_timeout), None
 
 
-__all__ = ["PreparedDirError", "apply_prepared", "discard_prepared", "exact_basis", "options_digest",
-           "prepare_merge"]
+def write_prepared(plan):
+    """Write an exact prepared merge (plan_prepared) into the target in one transaction; returns the result."""
+    if _stat_key(plan.target) != plan.target_stat:
+        raise TargetChangedError("%s: target changed while the prepared merge was checked; run again" % plan.target)
+    backup_into(os.path.join(plan.prepared_dir, COPY_NAME), plan.target, plan.lock_timeout)
+    discard_prepared(plan.prepared_dir)
+    return plan.result()
+
+
+def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
+    """Write the prepared merge into the target if it is still exact; return (result, diff) or (None, reason).
+
+    The prepared directory is removed in both cases; the caller merges from scratch on (None, reason).
+    """
+    plan, reason = plan_prepared(target, sources, prepared_dir, lock_timeout, **options)
+    if plan is None:
+        return None, reason
+    return write_prepared(plan), plan.diff()
+
+
+__all__ = ["PreparedDirError", "PreparedPlan", "apply_prepared", "discard_prepared", "exact_basis", "options_digest",
+           "plan_prepare", "plan_prepared", "prepare_merge", "store_prepared", "write_prepared"]

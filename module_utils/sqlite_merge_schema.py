@@ -250,6 +250,20 @@ class Shape:
 
 # ---------------------------------------------------------------------------------------------- SQL text
 
+def _closing(sql, j, close):
+    """Index of the quote that closes a quoted identifier or string literal starting before `j` (or len(sql)): a
+    doubled quote is an escaped one, except in [brackets]."""
+    n = len(sql)
+    while j < n:
+        if sql[j] == close:
+            if close != "]" and j + 1 < n and sql[j + 1] == close:
+                j += 2
+                continue
+            break
+        j += 1
+    return j
+
+
 def _tokens(sql):
     """Split SQL into (kind, text) tokens: 'ws', 'ident', 'quoted', 'string', 'punct'. Enough to rename."""
     out, i, n = [], 0, len(sql)
@@ -260,28 +274,10 @@ def _tokens(sql):
             while j < n and sql[j].isspace():
                 j += 1
             out.append(("ws", sql[i:j]))
-        elif ch in "\"`[":
+        elif ch in "\"`['":
             close = "]" if ch == "[" else ch
-            j = i + 1
-            while j < n:
-                if sql[j] == close:
-                    if close != "]" and j + 1 < n and sql[j + 1] == close:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            out.append(("quoted", sql[i:j + 1]))
-            j += 1
-        elif ch == "'":
-            j = i + 1
-            while j < n:
-                if sql[j] == "'":
-                    if j + 1 < n and sql[j + 1] == "'":
-                        j += 2
-                        continue
-                    break
-                j += 1
-            out.append(("string", sql[i:j + 1]))
+            j = _closing(sql, i + 1, close)
+            out.append(("string" if ch == "'" else "quoted", sql[i:j + 1]))
             j += 1
         elif ch.isalnum() or ch == "_" or ord(ch) > 127:
             j = i
@@ -300,23 +296,7 @@ _SKIP_WORDS = {"CREATE", "TEMP", "TEMPORARY", "TABLE", "UNIQUE", "INDEX", "VIEW"
 
 def rename_create(sql, new_name, new_table=None):
     """CREATE TABLE/INDEX text with the object's name replaced (and, for an index, its ON table)."""
-    toks = _tokens(sql)
-    out, named, want_table = [], False, False
-    for kind, text in toks:
-        if not named and kind in ("ident", "quoted") and text.upper() not in _SKIP_WORDS:
-            out.append(q(new_name))
-            named = True
-            continue
-        if named and new_table is not None and kind == "ident" and text.upper() == "ON" and not want_table:
-            want_table = True
-            out.append(text)
-            continue
-        if want_table and kind in ("ident", "quoted"):
-            out.append(q(new_table))
-            want_table = None  # done
-            continue
-        out.append(text)
-    return "".join(out)
+    return rename_object(sql, new_name, on_table=new_table)
 
 
 def unquote(text):
@@ -360,19 +340,21 @@ def rewrite_references(sql, parents):
     return "".join(out)
 
 
-def rename_object(sql, new_name, tables):
-    """CREATE VIEW/TRIGGER/INDEX text named `new_name`, every table named in it renamed through `tables`
-    ({old name lower: new name}). A view's or trigger's body names tables by plain identifiers; an identifier
-    spelled like a renamed table is taken to be that table."""
-    out, named = [], False
+def rename_object(sql, new_name, tables=None, on_table=None):
+    """CREATE TABLE/INDEX/VIEW/TRIGGER text named `new_name`. `on_table` replaces the table after the first ON (an
+    index's table); `tables` ({old name lower: new name}) renames every table named in it: a view's or trigger's
+    body names tables by plain identifiers, and an identifier spelled like a renamed table is taken to be that
+    table. Everything else keeps its bytes."""
+    out, named, want_table = [], False, None
     for kind, text in _tokens(sql):
         if not named and kind in ("ident", "quoted") and text.upper() not in _SKIP_WORDS:
-            out.append(q(new_name))
-            named = True
-            continue
-        if named and kind in ("ident", "quoted") and unquote(text).lower() in tables:
-            out.append(q(tables[unquote(text).lower()]))
-            continue
+            text, named = q(new_name), True
+        elif named and on_table is not None and want_table is None and kind == "ident" and text.upper() == "ON":
+            want_table = True
+        elif want_table and kind in ("ident", "quoted"):
+            text, want_table = q(on_table), False
+        elif named and tables and kind in ("ident", "quoted") and unquote(text).lower() in tables:
+            text = q(tables[unquote(text).lower()])
         out.append(text)
     return "".join(out)
 

@@ -224,6 +224,10 @@ def test_module_prepare_then_use_on_a_bare_python(zoe, tmp_path):
     assert rc == 0 and not os.path.exists(prepared), out
     rc, out = _ansible(dict(args, prepare=True))
     assert rc == 0 and '"prepared": "stored"' in out and os.path.isdir(prepared), out
+    before = snapshot([zoe["zoe"]] + [os.path.join(prepared, name) for name in sorted(os.listdir(prepared))])
+    rc, out = _ansible(args, check=True)     # check mode plans from scratch and leaves the preparation alone
+    assert rc == 0 and "CHANGED" in out and '"prepared": "none"' in out, out
+    assert snapshot([zoe["zoe"]] + [os.path.join(prepared, name) for name in sorted(os.listdir(prepared))]) == before
     rc, out = _ansible(args)
     assert rc == 0 and "CHANGED" in out and '"prepared": "used"' in out and "pbkdf2" not in out, out
     rc, out = _ansible(args)
