@@ -28,8 +28,8 @@ description:
     hashing while copying. The held read lock keeps a rollback-journal database file unchanged and, in
     WAL mode, keeps the C(-wal) from being restarted and limits checkpoints to frames the copy's C(-wal)
     holds, so the copy opens on every transaction committed before the snapshot began (the C(-wal) is
-    replayed on open, the C(-shm) is never kept). C(sqlite_read_lock_copy) in C(module_utils/volume_snapshot.py)
-    gives the argument in full; it holds for writers in other processes using SQLite's standard
+    replayed on open, the C(-shm) is never kept). C(sqlite_read_lock_copy) in
+    C(module_utils/volume_snapshot_copy.py) gives the argument in full; it holds for writers in other processes using SQLite's standard
     locking, as the backup API's does.
   - V(verified) re-reads a snapshot, compares every file with its sha256, and opens a scratch copy of each
     database for C(PRAGMA integrity_check) and row counts. It never changes anything.
