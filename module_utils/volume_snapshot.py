@@ -60,7 +60,7 @@ from ansible.module_utils.volume_snapshot_manifest import (  # noqa: F401 (re-ex
 from ansible.module_utils.volume_snapshot_restore import (
     _extras, _live_action, _put_in_place, _remove, _set_meta, _stage, _staging_dir, verify_live)
 from ansible.module_utils.volume_snapshot_scan import (  # noqa: F401 (re-exported)
-    LIVE_MODES, _entry_for, _mark_databases, _totals, resolve_roots, resolve_volume, scan_root)
+    EXCLUDE_SYNTAX, LIVE_MODES, _entry_for, _mark_databases, _totals, resolve_roots, resolve_volume, scan_root)
 from ansible.module_utils.zoe_sqlite import (
     consistent_copy, integrity_errors, nearest_existing, quote_identifier, table_names)
 
@@ -203,8 +203,8 @@ def apply_snapshot(plan, fsync=True, verify=True):
         manifest = {"format": FORMAT, "id": snapshot_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                  time.gmtime(started)),
                     "created_ns": int(started * 1e9), "label": data["label"], "sqlite_mode": data["sqlite_mode"],
-                    "exclude": data["exclude"], "roots": data["roots"], "entries": entries,
-                    "totals": _totals(entries)}
+                    "exclude": data["exclude"], "exclude_syntax": EXCLUDE_SYNTAX, "roots": data["roots"],
+                    "entries": entries, "totals": _totals(entries)}
         write_manifest(partial, manifest)
         for dirpath, _dirs, _files in os.walk(partial):
             _fsync_dir(dirpath)

@@ -55,7 +55,7 @@ def _extras(manifest):
     """Live paths inside the snapshotted paths that the snapshot does not hold (not excluded)."""
     known = {entry["path"] for entry in manifest["entries"]}
     dir_paths = {entry["path"] for entry in manifest["entries"] if entry["type"] == "dir"}
-    exclude = manifest.get("exclude") or []
+    exclude, syntax = manifest.get("exclude") or [], manifest.get("exclude_syntax", "fnmatch")
     extras = []
     for index, root in enumerate(manifest["roots"]):
         if root["kind"] == "file":
@@ -72,7 +72,7 @@ def _extras(manifest):
                 continue
             for name in sorted(os.listdir(current)):
                 path = os.path.join(current, name)
-                if _excluded(os.path.relpath(path, root["path"]), exclude):
+                if _excluded(os.path.relpath(path, root["path"]), exclude, syntax):
                     continue
                 if path not in known:
                     extras.append(path)

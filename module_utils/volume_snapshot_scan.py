@@ -12,12 +12,24 @@ import stat
 import subprocess
 
 from ansible.module_utils.volume_snapshot_common import SIDECAR_SUFFIXES, SourceError, VolumeError
+from ansible.module_utils.zoe_glob import any_match
 from ansible.module_utils.zoe_sqlite import is_sqlite_file
 
 LIVE_MODES = ("backup_api", "read_lock")
+# The manifest's `exclude_syntax`: O(exclude) holds zoe_glob path globs (manifests without it: fnmatch).
+EXCLUDE_SYNTAX = "path-glob"
 
 
-def _excluded(rel, patterns):
+def _excluded(rel, patterns, syntax=EXCLUDE_SYNTAX):
+    """True when a path relative to its root matches one of the O(exclude) globs.
+
+    The project's path globs (zoe_glob): `*` stays in a component, `**` crosses `/`, a pattern without `/`
+    names a base name at any depth, one with `/` is anchored at the root, a directory covers what is under
+    it. A manifest without `exclude_syntax` was written when exclude meant fnmatch on the relative path or
+    the base name (`*` crossing `/`); a restore of it leaves alone exactly the paths its snapshot left out.
+    """
+    if syntax == EXCLUDE_SYNTAX:
+        return any_match(patterns, rel)
     name = os.path.basename(rel)
     return any(fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(name, pat) for pat in patterns)
 
