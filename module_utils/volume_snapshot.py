@@ -53,7 +53,7 @@ from ansible.module_utils.volume_snapshot_common import (  # noqa: F401 (re-expo
     SnapshotError, SnapshotNotFoundError, SourceChangedError, SourceError, VerifyError, VolumeError, _blocks,
     _workers, check_snapshot_id, new_snapshot_id)
 from ansible.module_utils.volume_snapshot_copy import (  # noqa: F401 (re-exported)
-    _fsync_dir, _quiet_copy, copy_and_hash, sqlite_backup_and_hash, sqlite_read_lock_copy)
+    _fsync_dir, _fsync_path, _quiet_copy, copy_and_hash, sqlite_backup_and_hash, sqlite_read_lock_copy)
 from ansible.module_utils.volume_snapshot_manifest import (  # noqa: F401 (re-exported)
     _is_locked, find_snapshot, list_snapshots, load_manifest, snapshot_dir, stored_path, validate_manifest,
     verify_stored, write_manifest)
@@ -67,6 +67,9 @@ from ansible.module_utils.zoe_sqlite import (
 
 # ----------------------------------------------------------------------------------------------
 # state=present
+
+# Threads that wait for the fsyncs of a snapshot's byte copies (they wait on the disk, not the CPU).
+SYNC_WORKERS = 4
 
 
 def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_mode="copy", exclude=None,
@@ -144,11 +147,17 @@ def _copy_live_database(entry, dest, fsync):
     return [], [_wal_entry(entry, *wal)] if wal else []
 
 
-def _copy_entry(entry, dest, sqlite_mode, fsync):
-    """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries)."""
+def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None):
+    """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries).
+
+    With `sync_later`, a byte copy's fsync is handed to it (the caller waits for every one before it writes the
+    manifest) instead of being waited for here: the next file is copied while the disk writes this one back.
+    """
     if entry.get("sqlite") in LIVE_MODES:
         return _copy_live_database(entry, dest, fsync)
-    size, digest = copy_and_hash(entry["path"], dest, fsync)
+    size, digest = copy_and_hash(entry["path"], dest, fsync and sync_later is None)
+    if fsync and sync_later is not None:
+        sync_later(dest)
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])
     if moved or size != entry["size"]:
@@ -188,9 +197,17 @@ def apply_snapshot(plan, fsync=True, verify=True):
         for path in made:
             os.chmod(path, 0o700)  # whatever the umask
         files = sorted((e for e in entries if e["type"] == "file"), key=lambda e: -e["size"])
-        with ThreadPoolExecutor(_workers()) as pool:
-            outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync),
-                                     files))
+        # Copy (and hash) on _workers() threads; each byte copy's fsync runs on another pool while the next file
+        # is copied (fsync and hashlib release the GIL), and every fsync has returned before the manifest is written.
+        syncs = []
+        with ThreadPoolExecutor(_workers()) as pool, ThreadPoolExecutor(SYNC_WORKERS) as sync_pool:
+            def sync_later(path):
+                syncs.append(sync_pool.submit(_fsync_path, path))
+
+            outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync,
+                                                           sync_later), files))
+            for job in syncs:
+                job.result()
         warnings = [w for ws, _extra in outcomes for w in ws]
         extra = {entry["path"]: more for entry, (_ws, more) in zip(files, outcomes) if more}
         if extra:

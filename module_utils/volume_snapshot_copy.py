@@ -231,6 +231,15 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _fsync_path(path):
+    """fsync a file written and closed earlier: its dirty pages reach the disk whichever descriptor asks."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _file_state(path):
     try:
         st = os.lstat(path)
