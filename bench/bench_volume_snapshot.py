@@ -13,10 +13,26 @@ after `sync` so no step pays for the previous one's writeback, median of --reps 
   no-op restore plan         plan_restore on an intact tree (hashes every live file)
 
 Usage: .venv/bin/python bench/bench_volume_snapshot.py [--mb 1024] [--reps 3]
+
+--module (issue #18): the rollback point as the play takes it, through Ansible. Builds a data dir of
+15 WAL-mode databases (-wal and -shm beside each; about 437 MB on disk with the default --mb 422), then times in one run, median of
+--reps (default 5), each step after `sync`:
+
+  cp -a + sync               the floor
+  ansible ... -m ansible.builtin.ping        Ansible's own start-up (a no-op module)
+  ansible ... -m volume_snapshot -a {...}    state=present, sqlite_mode=copy, a snapshot id and a label,
+                                             verify and fsync at their defaults (roles/backup rollback_point.yml)
+  apply_snapshot in-process                  the same snapshot without Ansible, for the split
+
+and reports the module minus the no-op against cp -a + sync. --profile also times
+plan_snapshot + apply_snapshot split into timed spans (in-process). Run from the repository root:
+  ANSIBLE_CONFIG=ansible.cfg .venv/bin/python bench/bench_volume_snapshot.py --module [--reps 5] [--profile]
 """
 
 import argparse
 import hashlib
+import json
+import resource
 import os
 import shutil
 import sqlite3
@@ -34,6 +50,8 @@ from ansible.module_utils.volume_snapshot import (  # noqa: E402
     apply_restore, apply_snapshot, plan_restore, plan_snapshot)
 
 SHARES = [0.28, 0.2, 0.14, 0.12, 0.1, 0.08, 0.05, 0.03]  # a few big databases, several small ones
+# The rollback point of issue #18: 15 databases, as the Zoe host's data dir (two big, a long tail).
+MODULE_SHARES = [0.25, 0.16, 0.12, 0.09, 0.07, 0.06, 0.05, 0.04, 0.035, 0.03, 0.025, 0.025, 0.02, 0.015, 0.01]
 
 
 def make_db(path, megabytes):
@@ -52,10 +70,10 @@ def make_db(path, megabytes):
     return conn
 
 
-def build(data, total_mb):
+def build(data, total_mb, shares=SHARES):
     os.makedirs(data)
     conns = [make_db(os.path.join(data, "db%d.db" % i), max(1, int(total_mb * share)))
-             for i, share in enumerate(SHARES)]
+             for i, share in enumerate(shares)]
     # Freeze the -wal files as a stopped writer leaves them: copy while open, then swap in the copy.
     frozen = data + ".frozen"
     shutil.copytree(data, frozen)
@@ -87,11 +105,147 @@ def sha_all(root):
                     digest.update(chunk)
 
 
+def ansible_run(module, args):
+    """Run one module through `ansible localhost` as a task of the play would: JSON callback, system python3."""
+    cmd = [os.path.join(REPO, ".venv", "bin", "ansible"), "localhost", "-m", module,
+           "-e", "ansible_python_interpreter=/usr/bin/python3"]
+    if args is not None:
+        cmd += ["-a", json.dumps(args)]
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="json",
+               PATH=os.path.join(REPO, ".venv", "bin") + os.pathsep + os.environ["PATH"])
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    try:
+        result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    except (ValueError, KeyError, IndexError):
+        raise SystemExit("ansible %s failed: %s %s" % (module, proc.stdout[-2000:], proc.stderr[-2000:]))
+    if result.get("failed"):
+        raise SystemExit("ansible %s failed: %s" % (module, result.get("msg")))
+    return result
+
+
+def cpu_seconds():
+    """User + system CPU of this process (all its threads) and of its waited-for children."""
+    return sum(getattr(resource.getrusage(who), field) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for field in ("ru_utime", "ru_stime"))
+
+
+def module_bench(args):
+    """Issue #18: the rollback point through `ansible -m volume_snapshot`, against cp -a + sync and a no-op."""
+    work = tempfile.mkdtemp(prefix="zoe-bench-vsm-", dir="/tmp")
+    data, dst, bk = os.path.join(work, "data"), os.path.join(work, "dst"), os.path.join(work, "bk")
+    try:
+        build(data, args.mb, MODULE_SHARES)
+        size = du(data)
+        files = sum(len(fs) for _d, _s, fs in os.walk(data))
+        times = {}
+
+        cpu = {}
+
+        def rec(name, step, setup=None):
+            before = [cpu_seconds()]
+
+            def run():
+                before[0] = cpu_seconds()  # after setup() and its sync
+                step()
+
+            times.setdefault(name, []).append(timed(run, setup))
+            cpu.setdefault(name, []).append(cpu_seconds() - before[0])
+
+        def clean(*paths):
+            for path in paths:
+                shutil.rmtree(path, ignore_errors=True)
+
+        def snapshot_args(rep):
+            return {"state": "present", "snapshot": "bench-%d" % rep, "paths": [data], "backup_root": bk,
+                    "sqlite_mode": "copy", "label": "rollback point, run bench-%d" % rep}
+
+        outcome = {}
+        for rep in range(args.reps):
+            rec("cp -a + sync", lambda: (subprocess.run(["cp", "-a", data, dst], check=True), os.sync()),
+                lambda: clean(dst))
+            clean(dst)
+            rec("ansible -m ansible.builtin.ping (no-op)", lambda: ansible_run("ansible.builtin.ping", None))
+            rec("ansible -m volume_snapshot (rollback point)",
+                lambda: outcome.update(ansible_run("volume_snapshot", snapshot_args(rep))), lambda: clean(bk))
+            assert outcome["changed"] and outcome["files"] == files, outcome
+            clean(bk)
+            rec("apply_snapshot in-process (fsync, verify)",
+                lambda: apply_snapshot(plan_snapshot(bk, [data], snapshot="bench-%d" % rep, sqlite_mode="copy",
+                                                     label="bench")), lambda: clean(bk))
+            clean(bk)
+        module, noop, floor = (times["ansible -m volume_snapshot (rollback point)"],
+                               times["ansible -m ansible.builtin.ping (no-op)"], times["cp -a + sync"])
+        times["module minus no-op"] = [m - n for m, n in zip(module, noop)]
+        cpu["module minus no-op"] = [m - n for m, n in zip(cpu["ansible -m volume_snapshot (rollback point)"],
+                                                           cpu["ansible -m ansible.builtin.ping (no-op)"])]
+        print("data: %d files (%d databases, WAL, -wal and -shm beside each), %.1f MB; median of %d runs; %d cpus; "
+              "load average at end %.2f" % (files, len(MODULE_SHARES), size / 1e6, args.reps, os.cpu_count(),
+                                            os.getloadavg()[0]))
+        print("| step | median s | vs cp -a + sync | CPU s (user+sys) | runs (s) |")
+        print("|---|---:|---:|---:|---|")
+        for name, values in times.items():
+            # Per-run ratio against the floor of the same repetition, then the median (load drifts).
+            ratio = statistics.median(a / b for a, b in zip(values, floor))
+            print("| %s | %.3f | %.2fx | %.3f | %s |" % (name, statistics.median(values), ratio,
+                                                         statistics.median(cpu[name]),
+                                                         " ".join("%.2f" % v for v in values)))
+        if args.profile:
+            profile_snapshot(data, bk, args.reps)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def profile_snapshot(data, bk, reps):
+    """Where the in-process snapshot's time goes, by timing spans of the public steps (median of `reps`)."""
+    spans = {}
+
+    def span(name, step, setup=None):
+        before = [0.0]
+
+        def run():
+            before[0] = cpu_seconds()
+            step()
+
+        spans.setdefault(name, []).append((timed(run, setup), cpu_seconds() - before[0]))
+
+    def clean():
+        shutil.rmtree(bk, ignore_errors=True)
+
+    dst = bk + ".cp"
+    for _rep in range(reps):
+        span("cp -a (page cache, no sync)", lambda: subprocess.run(["cp", "-a", data, dst], check=True),
+             lambda: shutil.rmtree(dst, ignore_errors=True))
+        shutil.rmtree(dst, ignore_errors=True)
+        span("sha256 of every file (1 thread)", lambda: sha_all(data))
+        span("plan_snapshot (scan, free space)", lambda: plan_snapshot(bk, [data], snapshot="p"), clean)
+        span("apply_snapshot, fsync=false (copy + hash on 2 threads)",
+             lambda: apply_snapshot(plan_snapshot(bk, [data], snapshot="p"), fsync=False), clean)
+        span("apply_snapshot, fsync=true (+ every file's fsync)",
+             lambda: apply_snapshot(plan_snapshot(bk, [data], snapshot="p"), fsync=True), clean)
+        clean()
+    print("where the time goes (in-process, median of %d; load average at end %.2f):" % (reps, os.getloadavg()[0]))
+    print("| span | median s | CPU s (user+sys) |")
+    print("|---|---:|---:|")
+    for name, values in spans.items():
+        print("| %s | %.3f | %.3f |" % (name, statistics.median(v[0] for v in values),
+                                        statistics.median(v[1] for v in values)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mb", type=int, default=1024, help="approximate size of the data dir in MB")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--mb", type=int, default=None, help="approximate size of the data dir in MB "
+                        "(default 1024; 422 with --module: 437 MB on disk)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 5 with --module)")
+    parser.add_argument("--module", action="store_true", help="issue #18: the rollback point through Ansible")
+    parser.add_argument("--profile", action="store_true",
+                        help="with --module: timed spans of the in-process snapshot")
     args = parser.parse_args()
+    if args.module:
+        args.mb, args.reps = args.mb or 422, args.reps or 5
+        return module_bench(args)
+    args.mb, args.reps = args.mb or 1024, args.reps or 3
     work = tempfile.mkdtemp(prefix="zoe-bench-vs-", dir="/tmp")
     data, dst, bk = os.path.join(work, "data"), os.path.join(work, "dst"), os.path.join(work, "bk")
     try:

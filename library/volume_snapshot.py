@@ -28,9 +28,9 @@ description:
     hashing while copying. The held read lock keeps a rollback-journal database file unchanged and, in
     WAL mode, keeps the C(-wal) from being restarted and limits checkpoints to frames the copy's C(-wal)
     holds, so the copy opens on every transaction committed before the snapshot began (the C(-wal) is
-    replayed on open, the C(-shm) is never kept). C(sqlite_read_lock_copy) in C(module_utils/volume_snapshot.py)
-    gives the argument in full; it holds for writers in other processes using SQLite's standard
-    locking, as the backup API's does.
+    replayed on open, the C(-shm) is never kept). C(sqlite_read_lock_copy) in
+    C(module_utils/volume_snapshot_copy.py) gives the argument in full; it holds for writers in other
+    processes using SQLite's standard locking, as the backup API's does.
   - V(verified) re-reads a snapshot, compares every file with its sha256, and opens a scratch copy of each
     database for C(PRAGMA integrity_check) and row counts. It never changes anything.
   - V(restored) restores O(snapshot) (or the newest) to the original locations byte for byte (contents,
@@ -101,8 +101,13 @@ options:
     description: Free text stored in the manifest (for example the run id).
     type: str
   exclude:
-    description: Glob patterns (matched against the path relative to its root and against the base name) left out
-      of the snapshot; a restore leaves matching live paths alone.
+    description:
+      - Path globs left out of the snapshot, matched against the path relative to its root with C(/) between
+        components (C(module_utils/zoe_glob.py), the one glob meaning of the project); a restore leaves
+        matching live paths alone.
+      - C(*) and C(?) stay inside one component and C(**) crosses C(/); a pattern without C(/) matches a
+        base name at any depth (C(*.log), C(cache)); one with C(/) is anchored at the root (C(data/*.db)
+        matches C(data/a.db), not C(data/old/a.db)); a matching directory leaves out everything under it.
     type: list
     elements: str
     default: []

@@ -22,9 +22,10 @@ What "verified" means, honestly:
 - present, live: sqlite_mode=backup_api copies each database through SQLite's online backup API and
   hashes the finished copy (the backup rewrites page 1 last, so it cannot be hashed while written);
   sqlite_mode=read_lock copies the database file and its -wal byte for byte, hashed while copied,
-  under a held read transaction (why that is consistent: sqlite_read_lock_copy()). A database that no
-  other connection has open (POSIX locks of SQLite's unix VFS, held through the copy) is read from a private
-  byte copy instead, so the live files keep every byte, the -shm included (manifest `read_from`: copy/live).
+  under a held read transaction (why that is consistent: sqlite_read_lock_copy() in
+  volume_snapshot_copy.py). A database that no other connection has open (POSIX locks of SQLite's unix
+  VFS, held through the copy) is read from a private byte copy instead, so the live files keep every
+  byte, the -shm included (manifest `read_from`: copy/live).
 - verified: re-reads every snapshot file and compares its sha256 with the manifest, then opens a
   scratch copy of every database and runs PRAGMA integrity_check and counts rows.
 - restored: the snapshot's bytes are hashed while they are copied into a staging file beside the
@@ -32,560 +33,43 @@ What "verified" means, honestly:
   are renamed into place (so the restored inode holds exactly the hashed bytes), then every entry
   is lstat'ed and compared with the manifest (type, size, mode, owner, mtime, link target) and
   the snapshotted directories are checked for extra entries.
-"""
 
+This file holds the four states' plan/apply entry points and re-exports the public names; the parts:
+volume_snapshot_common.py (constants, errors, Plan, ids), volume_snapshot_copy.py (copy primitives),
+volume_snapshot_scan.py (roots, scanning, exclude), volume_snapshot_manifest.py (manifest storage and
+safety, the check of stored copies), volume_snapshot_restore.py (the steps of a restore).
+"""
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import fnmatch
-import hashlib
-import json
 import os
-import re
-import secrets
 import shutil
 import sqlite3
-import stat
-import subprocess
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from urllib.parse import quote
 
-from ansible.module_utils.zoe_sqlite import consistent_copy, integrity_errors, is_sqlite_file, quote_identifier
-from ansible.module_utils.zoe_sqlite import nearest_existing, table_names
-
-FORMAT = 1
-MANIFEST = "manifest.json"
-FILES_DIR = "files"
-LOCK_NAMES = (".restore-lock",)
-IN_USE_PREFIX = ".in-use"
-STAGING_PREFIX = ".zoe-restore-"
-SIDECAR_SUFFIXES = ("-wal", "-shm", "-journal")
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-BUFFER = 1 << 20
-BLOCK = 4096
-WAL_HEADER = 32
-# Lock bytes of SQLite's unix VFS (os_unix.c): every connection read-locks the -shm's dead-man-switch byte
-# while it has a WAL database open, and a rollback-journal writer write-locks the database's shared range.
-SHM_DMS_BYTE = 128
-SHARED_FIRST = 0x40000000 + 2
-SHARED_SIZE = 510
-
-
-class SnapshotError(Exception):
-    """Base class of every failure this module reports."""
-
-
-class SourceError(SnapshotError):
-    """A path to snapshot is missing, not absolute or of an unsupported type."""
-
-
-class VolumeError(SnapshotError):
-    """A Docker named volume cannot be resolved through the docker CLI."""
-
-
-class NoSpaceError(SnapshotError):
-    """The snapshot (or the staged restore) does not fit the free space."""
-
-
-class SnapshotNotFoundError(SnapshotError):
-    """No complete snapshot with that id (or none at all for `latest`)."""
-
-
-class ManifestError(SnapshotError):
-    """The manifest is damaged or holds an entry that would write outside the snapshotted paths."""
-
-
-class VerifyError(SnapshotError):
-    """Bytes or metadata do not match the manifest."""
-
-
-class SourceChangedError(SnapshotError):
-    """A source file changed while it was being copied (a writer is active)."""
-
-
-class LockedError(SnapshotError):
-    """The snapshot is in use by a restore or marked in use."""
-
-
-class Plan(object):
-    """What a state would do: `changed`, the result accounting, the diff, and private data for apply."""
-
-    def __init__(self, changed, result, diff=None, data=None):
-        self.changed = changed
-        self.result = result
-        self.diff = diff or {"before_header": "", "before": "", "after_header": "", "after": ""}
-        self.data = data or {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def _workers():
-    return min(4, max(2, os.cpu_count() or 2))
-
-
-def new_snapshot_id(now=None):
-    """UTC time plus a short random id: sortable by name, unique without coordination."""
-    now = time.time() if now is None else now
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(3)
-
-
-def check_snapshot_id(snapshot_id):
-    if not ID_RE.match(snapshot_id or ""):
-        raise SnapshotError("O(snapshot) %r is not a valid id: letters, digits, '.', '_', '-', not starting "
-                            "with '.' or '-'" % (snapshot_id,))
-    return snapshot_id
-
-
-def _sha256_file(path):
-    digest = hashlib.sha256()
-    buf = bytearray(BUFFER)
-    view = memoryview(buf)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with open(fd, "rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buf)
-            if not count:
-                break
-            digest.update(view[:count])
-    return digest.hexdigest()
-
-
-def _write_all(fd, view):
-    pos = 0
-    while pos < len(view):
-        pos += os.write(fd, view[pos:])
-
-
-def copy_and_hash(src_path, dst_path, fsync=True):
-    """Copy src to a new file dst (0600) and return (bytes, sha256 of the bytes written).
-
-    One pass: each chunk is read once, hashed and written from the same buffer, so the hash
-    describes exactly what went into the copy. hashlib and os.write release the GIL on large
-    buffers, so several of these run in parallel threads and hashing overlaps copying.
-    """
-    src_fd = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        return _copy_fd_and_hash(src_fd, dst_path, fsync)
-    finally:
-        os.close(src_fd)
-
-
-def _copy_fd_and_hash(src_fd, dst_path, fsync):
-    """copy_and_hash() from an open descriptor, read from its offset (0 if fresh) to EOF; the caller closes it."""
-    digest = hashlib.sha256()
-    buf = bytearray(BUFFER)
-    view = memoryview(buf)
-    written = 0
-    dst_fd = os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        while True:
-            count = os.readv(src_fd, [buf])
-            if not count:
-                break
-            chunk = view[:count]
-            digest.update(chunk)
-            _write_all(dst_fd, chunk)
-            written += count
-        if fsync:
-            os.fsync(dst_fd)
-        stored = os.fstat(dst_fd).st_size
-    finally:
-        os.close(dst_fd)
-    if stored != written:
-        raise VerifyError("%s: wrote %d bytes but the file holds %d" % (dst_path, written, stored))
-    return written, digest.hexdigest()
-
-
-def _open_for_read(src_path):
-    """A connection to a live database that never checkpoints or removes its -wal when closed.
-
-    Read-only when possible; a read-only open of a WAL database needs its -shm (and cannot roll back
-    a hot journal), so fall back to a normal connection then.
-    """
-    try:
-        conn = sqlite3.connect("file:%s?mode=ro" % quote(src_path), uri=True, timeout=30, isolation_level=None)
-        try:
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.Error:
-            conn.close()
-            raise
-        return conn
-    except sqlite3.Error:
-        return sqlite3.connect(src_path, timeout=30, isolation_level=None)
-
-
-def _fsync_and_hash(path, fsync):
-    """(size, sha256) of a file just written; its fsync runs in a second thread while it is hashed.
-
-    The hash reads the page cache (hashlib releases the GIL) while the disk writes the same pages
-    back, so the two costs overlap instead of adding up (measured ~0.2 s less per GB here).
-    """
-    failure = []
-
-    def sync():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            failure.append(exc)
-
-    worker = threading.Thread(target=sync) if fsync else None
-    if worker:
-        worker.start()
-    try:
-        digest = _sha256_file(path)
-    finally:
-        if worker:
-            worker.join()
-    if failure:
-        raise failure[0]
-    return os.path.getsize(path), digest
-
-
-def sqlite_backup_and_hash(src_path, dst_path, fsync=True):
-    """Live copy of a database through SQLite's online backup API, then (bytes, sha256) of the copy.
-
-    One backup step (pages=-1) runs inside one read transaction: the copy holds every transaction
-    committed before the step began, -wal content included, and a concurrent WAL writer is not
-    blocked. The source is opened read-only so closing it never checkpoints or removes its -wal.
-    The backup rewrites page 1 of the copy when it finishes, so the copy can only be hashed after.
-    """
-    os.close(os.open(dst_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-    source = _open_for_read(src_path)
-    try:
-        # Read pages through a memory map: the backup copies page by page and pread() per page is
-        # most of its cost (measured ~25% faster on the benchmark's databases).
-        source.execute("PRAGMA mmap_size=%d" % (1 << 40))
-        target = sqlite3.connect(dst_path)
-        try:
-            target.execute("PRAGMA journal_mode=OFF")
-            target.execute("PRAGMA synchronous=OFF")
-            target.execute("PRAGMA locking_mode=EXCLUSIVE")
-            target.execute("PRAGMA cache_size=-2048")
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
-    for suffix in SIDECAR_SUFFIXES:
-        if os.path.lexists(dst_path + suffix):
-            os.unlink(dst_path + suffix)
-    return _fsync_and_hash(dst_path, fsync)
-
-
-def sqlite_read_lock_copy(src_path, dst_path, fsync=True, _while_locked=None):
-    """Live byte copy of a database (and, in WAL mode, its -wal) under a held read transaction.
-
-    Returns ((bytes, sha256) of the database copy, (bytes, sha256, stat) of the -wal copy or None). Each
-    file is copied and hashed in one pass, like copy_and_hash(). Why the copy is consistent, with a
-    read transaction open on the source (BEGIN and a read) for the whole copy:
-
-    - Rollback-journal modes: the read holds a SHARED lock, and a writer needs EXCLUSIVE to write
-      the database file, so the file does not change until we end the transaction; it holds every
-      commit made before the BEGIN. A journal is not needed (a hot one is rolled back before SHARED).
-    - WAL mode: writers append to the -wal, only a checkpoint writes the database file. Our reader
-      holds either read slot 0 (everything in the -wal was already checkpointed when it began): then
-      no checkpoint may write the database file at all, so the database file alone is the snapshot;
-      or a slot i >= 1 with mark K (its snapshot is the database file plus -wal frames 1..K): then
-      a checkpoint only copies frames <= K into the database file, and the -wal cannot be restarted
-      or truncated (that needs every slot i >= 1), so the -wal header and frames 1..K stay as they
-      were. Pages that a checkpoint rewrites while we copy are all in frames <= K, and opening the
-      copy replays the copied -wal (recovery stops at the last valid commit frame, so a frame being
-      appended while we read is ignored), so the copy holds frames 1..M for some M >= K, a
-      consistent state at or after the BEGIN.
-    - The -wal header (salts, checkpoint sequence) is read right after the BEGIN and again after
-      the -wal was copied; if it differs from those, or from the copy's own first bytes, the -wal
-      was restarted or truncated while we held the transaction, which proves we held slot 0: the
-      -wal copy is dropped and the database file (not written since the BEGIN) is the snapshot.
-
-    POSIX locks belong to the process, and closing any descriptor of a file drops them all, so our
-    raw descriptors are closed only after the connection (and with it the read transaction) is.
-    `_while_locked`, for tests, is called after the database file is copied, the lock still held.
-    """
-    wal_path, wal_dst = src_path + "-wal", dst_path + "-wal"
-    fds = []
-    conn = _open_for_read(src_path)
-    try:
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        wal_mode = conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal"
-        fds.append(os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW))
-        header = None
-        if wal_mode:
-            try:
-                fds.append(os.open(wal_path, os.O_RDONLY | os.O_NOFOLLOW))
-                header = os.pread(fds[1], WAL_HEADER, 0)
-            except FileNotFoundError:
-                header = None
-        database = _copy_fd_and_hash(fds[0], dst_path, fsync)
-        if _while_locked:
-            _while_locked()
-        wal = None
-        if header is not None and len(header) == WAL_HEADER:
-            wal = _copy_fd_and_hash(fds[1], wal_dst, fsync) + (os.fstat(fds[1]),)
-            with open(wal_dst, "rb") as handle:
-                copied = handle.read(WAL_HEADER)
-            if not copied == header == os.pread(fds[1], WAL_HEADER, 0):
-                os.unlink(wal_dst)
-                wal = None
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
-        for fd in fds:
-            os.close(fd)
-    return database, wal
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _blocks(size):
-    return (size + BLOCK - 1) // BLOCK * BLOCK
-
-
-def _excluded(rel, patterns):
-    name = os.path.basename(rel)
-    return any(fnmatch.fnmatchcase(rel, pat) or fnmatch.fnmatchcase(name, pat) for pat in patterns)
-
-
-# ----------------------------------------------------------------------------------------------
-# Sources: paths and Docker named volumes
-
-
-def resolve_volume(name, docker_cli="docker"):
-    """Mountpoint of a Docker named volume, asked of the engine through the docker CLI."""
-    try:
-        proc = subprocess.run([docker_cli, "volume", "inspect", "--format", "{{json .Mountpoint}}", name],
-                              capture_output=True, text=True, timeout=60)
-    except OSError as exc:
-        raise VolumeError("cannot run the docker CLI (%s) to resolve volume %s: %s" % (docker_cli, name, exc))
-    if proc.returncode != 0:
-        raise VolumeError("docker volume %s cannot be inspected: %s" % (name, proc.stderr.strip()))
-    mountpoint = json.loads(proc.stdout.strip() or '""')
-    if not mountpoint or not os.path.isabs(mountpoint):
-        raise VolumeError("docker volume %s has no local mountpoint" % name)
-    return mountpoint
-
-
-def resolve_roots(paths, volumes, docker_cli="docker"):
-    """The snapshot roots, in option order: [{path, kind (dir/file), volume}]."""
-    roots = []
-    for path in paths or []:
-        if not os.path.isabs(path):
-            raise SourceError("O(paths) entry %s is not an absolute path" % path)
-        path = os.path.normpath(path)
-        if os.path.islink(path) or not os.path.exists(path):
-            raise SourceError("O(paths) entry %s does not exist or is a symlink" % path)
-        kind = "dir" if os.path.isdir(path) else "file"
-        if kind == "file" and not os.path.isfile(path):
-            raise SourceError("O(paths) entry %s is neither a regular file nor a directory" % path)
-        roots.append({"path": path, "kind": kind, "volume": None})
-    for name in volumes or []:
-        roots.append({"path": os.path.normpath(resolve_volume(name, docker_cli)), "kind": "dir", "volume": name})
-    seen = set()
-    for root in roots:
-        for other in seen:
-            if root["path"] == other or root["path"].startswith(other + os.sep) or \
-                    other.startswith(root["path"] + os.sep):
-                raise SourceError("snapshot paths overlap: %s and %s" % (other, root["path"]))
-        seen.add(root["path"])
-    return roots
-
-
-def _entry_for(index, rel, path, st):
-    entry = {"root": index, "rel": rel, "path": path, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
-             "gid": st.st_gid, "mtime_ns": st.st_mtime_ns, "atime_ns": st.st_atime_ns}
-    if stat.S_ISDIR(st.st_mode):
-        entry["type"] = "dir"
-    elif stat.S_ISLNK(st.st_mode):
-        entry["type"] = "symlink"
-        entry["target"] = os.readlink(path)
-    elif stat.S_ISREG(st.st_mode):
-        entry.update(type="file", size=st.st_size, ino=st.st_ino)
-    else:
-        return None
-    return entry
-
-
-def scan_root(index, root, exclude):
-    """Entries of one root (parents before children) and the count of skipped special files.
-
-    A file root brings its SQLite sidecars (-wal, -shm, -journal) along: they are part of the database.
-    """
-    entries, skipped = [], 0
-    if root["kind"] == "file":
-        base = os.path.basename(root["path"])
-        for name in [base] + [base + suffix for suffix in SIDECAR_SUFFIXES]:
-            path = os.path.join(os.path.dirname(root["path"]), name)
-            try:
-                entry = _entry_for(index, name, path, os.lstat(path))
-            except FileNotFoundError:
-                if name == base:
-                    raise SourceError("O(paths) entry %s disappeared" % path)
-                continue  # no such sidecar (or a live one came and went)
-            if entry is not None:
-                entries.append(entry)
-        return entries, skipped
-    top = root["path"]
-    entries.append(_entry_for(index, ".", top, os.lstat(top)))
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        kept = []
-        for name in dirnames + sorted(filenames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, top)
-            if _excluded(rel, exclude):
-                continue
-            try:
-                st = os.lstat(path)
-            except FileNotFoundError:
-                if name.endswith(SIDECAR_SUFFIXES):
-                    continue  # a live database's -journal (or -wal) came and went while we listed
-                raise
-            entry = _entry_for(index, rel, path, st)
-            if entry is None:
-                skipped += 1
-                continue
-            entries.append(entry)
-            if name in dirnames and entry["type"] == "dir":
-                kept.append(name)
-        dirnames[:] = kept
-    return entries, skipped
-
-
-LIVE_MODES = ("backup_api", "read_lock")
-
-
-def _mark_databases(entries, sqlite_mode):
-    """Flag SQLite databases; in a live mode, drop their sidecars.
-
-    backup_api writes a self-contained copy; read_lock copies the -wal itself, under the same read
-    transaction as the database, and only when the copy needs it (see sqlite_read_lock_copy()).
-    """
-    by_path = {entry["path"]: entry for entry in entries}
-    for entry in entries:
-        if entry["type"] == "file" and is_sqlite_file(entry["path"]):
-            entry["sqlite"] = sqlite_mode
-    if sqlite_mode not in LIVE_MODES:
-        return entries
-    dropped = set()
-    for entry in entries:
-        for suffix in SIDECAR_SUFFIXES:
-            if entry["path"].endswith(suffix) and by_path.get(entry["path"][:-len(suffix)], {}).get("sqlite"):
-                dropped.add(entry["path"])
-    return [entry for entry in entries if entry["path"] not in dropped]
-
-
-def _totals(entries):
-    files = [e for e in entries if e["type"] == "file"]
-    return {"files": len(files), "dirs": sum(1 for e in entries if e["type"] == "dir"),
-            "symlinks": sum(1 for e in entries if e["type"] == "symlink"),
-            "bytes": sum(e["size"] for e in files), "databases": sum(1 for e in files if e.get("sqlite"))}
-
-
-# ----------------------------------------------------------------------------------------------
-# Snapshots on disk
-
-
-def snapshot_dir(backup_root, snapshot_id):
-    return os.path.join(backup_root, check_snapshot_id(snapshot_id))
-
-
-def stored_path(snap_dir, entry):
-    """Where an entry's bytes live inside a snapshot; derived from root index + rel, never trusted."""
-    base = os.path.join(snap_dir, FILES_DIR, str(int(entry["root"])))
-    return base if entry["rel"] == "." else os.path.join(base, entry["rel"])
-
-
-def load_manifest(snap_dir):
-    """Read a manifest and check it against its .sha256 file."""
-    path = os.path.join(snap_dir, MANIFEST)
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise SnapshotNotFoundError("%s: no manifest (%s)" % (snap_dir, exc.strerror))
-    try:
-        with open(path + ".sha256") as handle:
-            expected = handle.read().split()[0]
-    except (OSError, IndexError):
-        raise ManifestError("%s: the manifest checksum file is missing" % snap_dir)
-    if hashlib.sha256(raw).hexdigest() != expected:
-        raise ManifestError("%s: the manifest does not match its checksum (damaged or edited)" % snap_dir)
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
-        raise ManifestError("%s: the manifest is not valid JSON: %s" % (snap_dir, exc))
-
-
-def write_manifest(snap_dir, manifest):
-    raw = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
-    path = os.path.join(snap_dir, MANIFEST)
-    for name, data in ((path, raw), (path + ".sha256", ("%s  %s\n" % (hashlib.sha256(raw).hexdigest(),
-                                                                     MANIFEST)).encode())):
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            _write_all(fd, memoryview(data))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return path
-
-
-def list_snapshots(backup_root):
-    """Complete snapshots under backup_root, oldest first: [(created_ns, id, dir)]."""
-    found = []
-    if not os.path.isdir(backup_root):
-        return found
-    for name in os.listdir(backup_root):
-        path = os.path.join(backup_root, name)
-        if not ID_RE.match(name) or not os.path.isfile(os.path.join(path, MANIFEST)):
-            continue
-        try:
-            manifest = load_manifest(path)
-        except SnapshotError:
-            continue
-        found.append((int(manifest.get("created_ns", 0)), name, path))
-    return sorted(found)
-
-
-def find_snapshot(backup_root, snapshot):
-    """Directory of a named snapshot, or of the newest one for `latest`."""
-    if snapshot in (None, "", "latest"):
-        found = list_snapshots(backup_root)
-        if not found:
-            raise SnapshotNotFoundError("no complete snapshot under %s" % backup_root)
-        return found[-1][2]
-    path = snapshot_dir(backup_root, snapshot)
-    if not os.path.isfile(os.path.join(path, MANIFEST)):
-        raise SnapshotNotFoundError("no complete snapshot %s under %s" % (snapshot, backup_root))
-    return path
-
-
-def _is_locked(snap_dir):
-    try:
-        names = os.listdir(snap_dir)
-    except OSError:
-        return False
-    return any(name in LOCK_NAMES or name.startswith(IN_USE_PREFIX) for name in names)
+from ansible.module_utils.volume_snapshot_common import (  # noqa: F401 (re-exported)
+    BLOCK, FILES_DIR, FORMAT, LOCK_NAMES, MANIFEST, STAGING_PREFIX, LockedError, ManifestError, NoSpaceError, Plan,
+    SnapshotError, SnapshotNotFoundError, SourceChangedError, SourceError, VerifyError, VolumeError, _blocks,
+    _workers, check_snapshot_id, new_snapshot_id)
+from ansible.module_utils.volume_snapshot_copy import (  # noqa: F401 (re-exported)
+    _fsync_dir, _fsync_path, _quiet_copy, copy_and_hash, sqlite_backup_and_hash, sqlite_read_lock_copy)
+from ansible.module_utils.volume_snapshot_manifest import (  # noqa: F401 (re-exported)
+    _is_locked, find_snapshot, list_snapshots, load_manifest, snapshot_dir, stored_path, validate_manifest,
+    verify_stored, write_manifest)
+from ansible.module_utils.volume_snapshot_restore import (
+    _extras, _live_action, _put_in_place, _remove, _set_meta, _stage, _staging_dir, verify_live)
+from ansible.module_utils.volume_snapshot_scan import (  # noqa: F401 (re-exported)
+    EXCLUDE_SYNTAX, LIVE_MODES, _entry_for, _mark_databases, _totals, resolve_roots, resolve_volume, scan_root)
+from ansible.module_utils.zoe_sqlite import (
+    consistent_copy, integrity_errors, nearest_existing, quote_identifier, table_names)
 
 
 # ----------------------------------------------------------------------------------------------
 # state=present
+
+# Threads that wait for the fsyncs of a snapshot's byte copies (they wait on the disk, not the CPU).
+SYNC_WORKERS = 4
 
 
 def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_mode="copy", exclude=None,
@@ -643,64 +127,6 @@ def _wal_entry(entry, size, digest, st):
     return wal
 
 
-def _file_state(path):
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_size, st.st_mtime_ns, st.st_ino
-
-
-@contextlib.contextmanager
-def _no_other_connection(src_path):
-    """Yield True while POSIX locks held by this process keep every other SQLite connection from opening the
-    database in WAL mode (write lock on the -shm's dead-man-switch byte: an opener gets SQLITE_BUSY) and from
-    writing it in rollback-journal mode (read lock on the shared range: no writer gets EXCLUSIVE); yield False
-    when another connection has it open, or a hot -journal needs a rollback that only SQLite may do.
-
-    Opening a live WAL database, even read-only, rewrites its -shm (the first connection rebuilds the
-    wal-index); a database nobody has open can be read from a byte copy instead, leaving every byte as it was.
-    A connection that opens it meanwhile gets SQLITE_BUSY, which SQLite hands to its busy handler (Python's
-    sqlite3 waits up to 5 s by default): it waits for the copy of that one database, it does not fail.
-    """
-    fds = []
-    try:
-        if os.path.lexists(src_path + "-journal"):
-            yield False
-            return
-        try:
-            fds.append(os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW))
-            fcntl.lockf(fds[-1], fcntl.LOCK_SH | fcntl.LOCK_NB, SHARED_SIZE, SHARED_FIRST)
-            if os.path.lexists(src_path + "-shm"):
-                fds.append(os.open(src_path + "-shm", os.O_RDWR | os.O_NOFOLLOW))
-                fcntl.lockf(fds[-1], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)
-        except OSError:
-            yield False
-            return
-        yield True
-    finally:
-        for fd in fds:
-            os.close(fd)
-
-
-def _quiet_copy(src_path, scratch):
-    """A private byte copy (database and -wal) of a database no other connection has open, or None.
-
-    None when another connection has it open, or when the database, its -wal or the presence of its -shm
-    changed while it was copied (an opener that created the -shm after the check): then read it live.
-    """
-    with _no_other_connection(src_path) as alone:
-        if not alone:
-            return None
-        before = [_file_state(src_path + suffix) for suffix in ("", "-wal", "-shm")]
-        copy = consistent_copy(src_path, workdir=scratch)
-        after = [_file_state(src_path + suffix) for suffix in ("", "-wal", "-shm")]
-    if before != after:
-        shutil.rmtree(os.path.dirname(copy), ignore_errors=True)
-        return None
-    return copy
-
-
 def _copy_live_database(entry, dest, fsync):
     """backup_api or read_lock copy of one database: from a private byte copy when no other connection has it
     open (so the live files, -shm included, keep every byte), else from the live database."""
@@ -721,11 +147,17 @@ def _copy_live_database(entry, dest, fsync):
     return [], [_wal_entry(entry, *wal)] if wal else []
 
 
-def _copy_entry(entry, dest, sqlite_mode, fsync):
-    """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries)."""
+def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None):
+    """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries).
+
+    With `sync_later`, a byte copy's fsync is handed to it (the caller waits for every one before it writes the
+    manifest) instead of being waited for here: the next file is copied while the disk writes this one back.
+    """
     if entry.get("sqlite") in LIVE_MODES:
         return _copy_live_database(entry, dest, fsync)
-    size, digest = copy_and_hash(entry["path"], dest, fsync)
+    size, digest = copy_and_hash(entry["path"], dest, fsync and sync_later is None)
+    if fsync and sync_later is not None:
+        sync_later(dest)
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])
     if moved or size != entry["size"]:
@@ -765,9 +197,17 @@ def apply_snapshot(plan, fsync=True, verify=True):
         for path in made:
             os.chmod(path, 0o700)  # whatever the umask
         files = sorted((e for e in entries if e["type"] == "file"), key=lambda e: -e["size"])
-        with ThreadPoolExecutor(_workers()) as pool:
-            outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync),
-                                     files))
+        # Copy (and hash) on _workers() threads; each byte copy's fsync runs on another pool while the next file
+        # is copied (fsync and hashlib release the GIL), and every fsync has returned before the manifest is written.
+        syncs = []
+        with ThreadPoolExecutor(_workers()) as pool, ThreadPoolExecutor(SYNC_WORKERS) as sync_pool:
+            def sync_later(path):
+                syncs.append(sync_pool.submit(_fsync_path, path))
+
+            outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync,
+                                                           sync_later), files))
+            for job in syncs:
+                job.result()
         warnings = [w for ws, _extra in outcomes for w in ws]
         extra = {entry["path"]: more for entry, (_ws, more) in zip(files, outcomes) if more}
         if extra:
@@ -780,8 +220,8 @@ def apply_snapshot(plan, fsync=True, verify=True):
         manifest = {"format": FORMAT, "id": snapshot_id, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                  time.gmtime(started)),
                     "created_ns": int(started * 1e9), "label": data["label"], "sqlite_mode": data["sqlite_mode"],
-                    "exclude": data["exclude"], "roots": data["roots"], "entries": entries,
-                    "totals": _totals(entries)}
+                    "exclude": data["exclude"], "exclude_syntax": EXCLUDE_SYNTAX, "roots": data["roots"],
+                    "entries": entries, "totals": _totals(entries)}
         write_manifest(partial, manifest)
         for dirpath, _dirs, _files in os.walk(partial):
             _fsync_dir(dirpath)
@@ -794,169 +234,8 @@ def apply_snapshot(plan, fsync=True, verify=True):
     return result
 
 
-def verify_stored(snap_dir, entries, rehash):
-    """Check the stored copy of every file: regular, 0600, manifest size; with rehash, its sha256 too."""
-    problems = []
-    for entry in entries:
-        path = stored_path(snap_dir, entry)
-        if entry["type"] == "dir":
-            if not os.path.isdir(path) or os.path.islink(path):
-                problems.append("%s: directory missing from the snapshot" % entry["path"])
-            continue
-        if entry["type"] != "file":
-            continue
-        try:
-            st = os.lstat(path)
-        except OSError:
-            problems.append("%s: missing from the snapshot" % entry["path"])
-            continue
-        if not stat.S_ISREG(st.st_mode) or st.st_size != entry["size"] or stat.S_IMODE(st.st_mode) != 0o600:
-            problems.append("%s: stored copy has the wrong type, size or mode" % entry["path"])
-        elif not entry.get("sha256") and not entry.get("changed_during_copy"):
-            problems.append("%s: no checksum recorded" % entry["path"])
-        elif rehash and entry.get("sha256") and _sha256_file(path) != entry["sha256"]:
-            problems.append("%s: stored copy does not match its sha256" % entry["path"])
-    if problems:
-        raise VerifyError("%d snapshot entries fail verification, first: %s" % (len(problems), problems[0]))
-
-
-# ----------------------------------------------------------------------------------------------
-# Manifest safety
-
-
-def validate_manifest(manifest, snap_dir, allowed_roots=None):
-    """Refuse a manifest that would write anywhere but inside its snapshotted paths.
-
-    Every root must be absolute and normalised (and among allowed_roots when given); every rel must be
-    a plain relative path without '..', '.', or empty parts; an entry's path must equal root + rel;
-    every entry's parent must be a directory entry of the same root, so no entry can be written
-    through a symlink the manifest itself creates; a file root may only hold the file and its
-    sidecars. Nothing is written before this passes.
-    """
-    if manifest.get("format") != FORMAT:
-        raise ManifestError("manifest format %r is not supported" % manifest.get("format"))
-    roots = manifest.get("roots")
-    if not isinstance(roots, list) or not roots:
-        raise ManifestError("the manifest has no roots")
-    for root in roots:
-        path = root.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path) or os.path.normpath(path) != path or \
-                "\x00" in path or root.get("kind") not in ("dir", "file") or path == "/":
-            raise ManifestError("manifest root %r is not a normalised absolute path" % (path,))
-        if allowed_roots is not None and path not in allowed_roots:
-            raise ManifestError("manifest root %s is not among O(paths)/O(volumes)" % path)
-    seen, dirs = set(), set()
-    for entry in manifest.get("entries", []):
-        index, rel, kind = entry.get("root"), entry.get("rel"), entry.get("type")
-        if not isinstance(index, int) or not 0 <= index < len(roots) or not isinstance(rel, str):
-            raise ManifestError("manifest entry %r has a bad root or rel" % (entry.get("path"),))
-        root = roots[index]
-        if kind not in ("file", "dir", "symlink"):
-            raise ManifestError("manifest entry %r has an unknown type" % (entry.get("path"),))
-        if root["kind"] == "file":
-            base = os.path.basename(root["path"])
-            if rel not in [base] + [base + s for s in SIDECAR_SUFFIXES] or kind == "dir":
-                raise ManifestError("manifest entry %r escapes the file %s" % (rel, root["path"]))
-            expected = os.path.join(os.path.dirname(root["path"]), rel)
-        elif rel == ".":
-            if kind != "dir":
-                raise ManifestError("manifest root entry of %s is not a directory" % root["path"])
-            expected = root["path"]
-        else:
-            parts = rel.split("/")
-            if rel.startswith("/") or "\x00" in rel or any(p in ("", ".", "..") for p in parts):
-                raise ManifestError("manifest entry %r escapes the snapshotted path %s" % (rel, root["path"]))
-            parent = "/".join(parts[:-1]) or "."
-            if (index, parent) not in dirs:
-                raise ManifestError("manifest entry %r does not sit under a directory entry of %s"
-                                    % (rel, root["path"]))
-            expected = os.path.join(root["path"], rel)
-        if entry.get("path") != expected:
-            raise ManifestError("manifest entry %r claims path %r outside %s" % (rel, entry.get("path"),
-                                                                                root["path"]))
-        if expected in seen:
-            raise ManifestError("manifest entry %s appears twice" % expected)
-        seen.add(expected)
-        if kind == "dir":
-            dirs.add((index, rel))
-        if kind == "file" and not (isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)):
-            raise ManifestError("manifest entry %s has no size or sha256" % expected)
-        for key in ("mode", "uid", "gid", "mtime_ns"):
-            if not isinstance(entry.get(key), int):
-                raise ManifestError("manifest entry %s has no integer %s" % (expected, key))
-        stored = os.path.normpath(stored_path(snap_dir, entry))
-        if not (stored + os.sep).startswith(os.path.join(snap_dir, FILES_DIR) + os.sep):
-            raise ManifestError("manifest entry %s would be read from outside the snapshot" % expected)
-    return manifest
-
-
 # ----------------------------------------------------------------------------------------------
 # state=restored
-
-
-def _meta_differs(entry, st):
-    if entry["type"] != "symlink" and stat.S_IMODE(st.st_mode) != entry["mode"]:
-        return True
-    return (st.st_uid, st.st_gid, st.st_mtime_ns) != (entry["uid"], entry["gid"], entry["mtime_ns"])
-
-
-def _live_action(entry, checksum):
-    """What restoring one entry needs: None (equal), 'meta', 'write' or 'replace' (+ write)."""
-    try:
-        st = os.lstat(entry["path"])
-    except FileNotFoundError:
-        return "write"
-    kind = entry["type"]
-    if kind == "dir":
-        if not stat.S_ISDIR(st.st_mode):
-            return "replace"
-        return "meta" if _meta_differs(entry, st) else None
-    if kind == "symlink":
-        if not stat.S_ISLNK(st.st_mode):
-            return "replace"
-        if os.readlink(entry["path"]) != entry["target"]:
-            return "write"
-        return "meta" if _meta_differs(entry, st) else None
-    if not stat.S_ISREG(st.st_mode):
-        return "replace"
-    if st.st_size != entry["size"]:
-        return "write"
-    quick_equal = not _meta_differs(entry, st)
-    if quick_equal and not checksum:
-        return None
-    if _sha256_file(entry["path"]) != entry["sha256"]:
-        return "write"
-    return None if quick_equal else "meta"
-
-
-def _extras(manifest):
-    """Live paths inside the snapshotted paths that the snapshot does not hold (not excluded)."""
-    known = {entry["path"] for entry in manifest["entries"]}
-    dir_paths = {entry["path"] for entry in manifest["entries"] if entry["type"] == "dir"}
-    exclude = manifest.get("exclude") or []
-    extras = []
-    for index, root in enumerate(manifest["roots"]):
-        if root["kind"] == "file":
-            base = os.path.basename(root["path"])
-            for name in [base] + [base + s for s in SIDECAR_SUFFIXES]:
-                path = os.path.join(os.path.dirname(root["path"]), name)
-                if path not in known and os.path.lexists(path):
-                    extras.append(path)
-            continue
-        stack = [root["path"]] if root["path"] in dir_paths else []
-        while stack:
-            current = stack.pop()
-            if os.path.islink(current) or not os.path.isdir(current):
-                continue
-            for name in sorted(os.listdir(current)):
-                path = os.path.join(current, name)
-                if _excluded(os.path.relpath(path, root["path"]), exclude):
-                    continue
-                if path not in known:
-                    extras.append(path)
-                elif path in dir_paths:
-                    stack.append(path)
-    return extras
 
 
 def plan_restore(backup_root, snapshot="latest", allowed_roots=None, checksum=True, docker_cli="docker"):
@@ -1006,38 +285,6 @@ def plan_restore(backup_root, snapshot="latest", allowed_roots=None, checksum=Tr
     changed = bool(actions or extras)
     return Plan(changed, result, diff, {"snap_dir": snap_dir, "manifest": manifest, "actions": actions,
                                          "extras": extras, "writes": writes})
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _set_meta(entry):
-    path, link = entry["path"], entry["type"] == "symlink"
-    st = os.lstat(path)
-    if (st.st_uid, st.st_gid) != (entry["uid"], entry["gid"]):
-        os.lchown(path, entry["uid"], entry["gid"])
-    if not link:
-        os.chmod(path, entry["mode"])
-    atime = entry.get("atime_ns", entry["mtime_ns"])
-    os.utime(path, ns=(atime, entry["mtime_ns"]), follow_symlinks=not link)
-
-
-def _staging_dir(root):
-    return root["path"] if root["kind"] == "dir" else os.path.dirname(root["path"])
-
-
-def _stage(entry, snap_dir, staging, fsync):
-    """Copy one snapshot file to the staging dir, hashing as it goes; refuse bytes that do not match."""
-    dest = os.path.join(staging, "%d-%s" % (entry["root"], hashlib.sha256(entry["path"].encode()).hexdigest()[:24]))
-    size, digest = copy_and_hash(stored_path(snap_dir, entry), dest, fsync)
-    if size != entry["size"] or digest != entry["sha256"]:
-        raise VerifyError("snapshot copy of %s does not match its manifest sha256; nothing was restored"
-                          % entry["path"])
-    return dest
 
 
 def apply_restore(plan, fsync=True, verify=True):
@@ -1103,49 +350,6 @@ def apply_restore(plan, fsync=True, verify=True):
         verify_live(manifest)
     result = dict(plan.result, changed=True, verified=bool(verify))
     return result
-
-
-def _put_in_place(entry, action, staged):
-    path = entry["path"]
-    if action == "meta":
-        return
-    if entry["type"] == "dir":
-        if action == "replace":
-            _remove(path)
-        if not (os.path.isdir(path) and not os.path.islink(path)):
-            os.makedirs(path, 0o700) if entry["rel"] == "." else os.mkdir(path, 0o700)
-        return
-    parent = os.path.dirname(path)
-    if os.path.islink(parent) or not os.path.isdir(parent):
-        raise ManifestError("%s: parent is not a real directory at restore time" % path)
-    if entry["type"] == "symlink":
-        _remove(path)
-        os.symlink(entry["target"], path)
-        return
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    os.replace(staged[path], path)
-
-
-def verify_live(manifest):
-    """After a restore: every entry's type, size, mode, owner, mtime and link target match; no extras."""
-    problems = []
-    for entry in manifest["entries"]:
-        try:
-            st = os.lstat(entry["path"])
-        except OSError:
-            problems.append("%s is missing" % entry["path"])
-            continue
-        kind = {"dir": stat.S_ISDIR, "file": stat.S_ISREG, "symlink": stat.S_ISLNK}[entry["type"]]
-        if not kind(st.st_mode) or _meta_differs(entry, st):
-            problems.append("%s has the wrong type or metadata" % entry["path"])
-        elif entry["type"] == "file" and st.st_size != entry["size"]:
-            problems.append("%s has the wrong size" % entry["path"])
-        elif entry["type"] == "symlink" and os.readlink(entry["path"]) != entry["target"]:
-            problems.append("%s points elsewhere" % entry["path"])
-    problems.extend("%s should not exist" % path for path in _extras(manifest))
-    if problems:
-        raise VerifyError("restore verification failed for %d entries, first: %s" % (len(problems), problems[0]))
 
 
 # ----------------------------------------------------------------------------------------------
