@@ -123,6 +123,34 @@ def test_exclude_globs(tree, exclude, expected_extra):
     assert sorted(r for r in found if r.startswith(("backups", "node_modules"))) == expected_extra
 
 
+@pytest.mark.parametrize("exclude, expected", [
+    (["data/*.db"], ["data/old/x.db", "data/y.sqlite", "services/data/z.db"]),
+    (["data/**/*.db"], ["data/y.sqlite", "services/data/z.db"]),
+    (["**/data/*.db"], ["data/old/x.db", "data/y.sqlite"]),
+    (["*.db"], ["data/y.sqlite"]),
+    (["data/old"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["./data/old/"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["old"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["data/?.sqlite"], ["data/keep.db", "data/old/x.db", "services/data/z.db"]),
+], ids=["star-stays-in-one-component", "double-star-crosses", "leading-double-star", "name-at-any-depth",
+        "anchored-directory", "dot-slash-and-trailing-slash", "directory-name-at-any-depth", "question-mark"])
+def test_exclude_globs_are_path_globs(tmp_path, exclude, expected):
+    """zoe_glob's meaning, not fnmatch's: `data/*.db` leaves out data/keep.db and not data/old/x.db."""
+    root = tmp_path / "zoe"
+    for relpath in ("data/keep.db", "data/old/x.db", "data/y.sqlite", "services/data/z.db"):
+        make_db(str(root / relpath))
+    result = audit_host(AuditOptions(str(root), str(root / "data"), exclude=exclude))
+    assert sorted(by_relpath(result)) == expected
+
+
+def test_exclude_globs_below_a_data_dir_outside_the_root_do_not_read_the_path_above_it(tmp_path):
+    make_db(str(tmp_path / "tree" / "app.db"))
+    make_db(str(tmp_path / "old" / "data" / "zoe.db"))
+    make_db(str(tmp_path / "old" / "data" / "cache" / "c.db"))
+    result = audit_host(AuditOptions(str(tmp_path / "tree"), str(tmp_path / "old" / "data"), exclude=["old", "cache"]))
+    assert sorted(d["name"] for d in result["databases"]) == ["app.db", "zoe.db"]
+
+
 def test_backup_root_is_always_excluded_and_measured_at_its_nearest_parent(tree):
     root, _ = tree
     result = audit_host(options(root, backup_root=os.path.join(root, "backups")))
