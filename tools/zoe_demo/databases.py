@@ -76,8 +76,8 @@ SECRET_COLUMNS = {
     "user_api_keys": ["encrypted_key"],
 }
 
-# The task tables of services/zoe-core/routers/developer_tasks.py: zoe.db's developer_tasks, and
-# developer_tasks.db's developer_tasks and dynamic_tasks, carry the same columns after `id` and the user key.
+# The task tables: zoe.db's developer_tasks (unified_schema_design.sql) and developer_tasks.db's developer_tasks
+# and dynamic_tasks (services/zoe-core/routers/developer_tasks.py) carry the same columns after `id` and the user key.
 TASK_COLUMNS = """
     title TEXT NOT NULL,
     objective TEXT NOT NULL,
