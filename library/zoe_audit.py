@@ -52,8 +52,14 @@ options:
   exclude:
     description:
       - Paths to leave out of the walk, with everything below them.
-      - Absolute paths are compared as real paths; other entries are shell globs matched against the path
-        relative to O(root) and against the file or directory name.
+      - Absolute paths are compared as real paths (the path and everything below it).
+      - Other entries are path globs, as in C(.gitignore), matched against the path relative to O(root)
+        (relative to O(data_dir) below a O(data_dir) outside O(root)), with C(/) as the separator.
+        C(*) and C(?) stay inside one path component and C(**) crosses C(/), so C(data/*.db) leaves out
+        C(data/auth.db) but not C(data/old/auth.db), and C(data/**/*.db) leaves out both.
+        A glob without C(/) is a file or directory name at any depth (C(node_modules), C(*.bak));
+        a glob with C(/) is anchored at O(root) (a leading C(./) is dropped). A glob that names a directory
+        leaves out everything below it.
       - O(backup_root) is always excluded (a snapshot holds copies of retired databases).
     type: list
     elements: str

@@ -23,7 +23,6 @@ Why it works the way it does:
 from __future__ import annotations
 
 import fcntl
-import fnmatch
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ import sqlite3
 import stat
 import tempfile
 
+from ansible.module_utils.zoe_glob import any_match
 from ansible.module_utils.zoe_sqlite import (SQLITE_HEADER, SQLiteFileError, consistent_copy, foreign_key_errors,
                                              integrity_errors, nearest_existing, quote_identifier, table_names)
 
@@ -82,13 +82,14 @@ class AuditOptions:
 
 
 def _split_excludes(root, exclude, backup_root):
-    """Absolute excludes become real paths (pruned with everything below); the rest stay globs on relpaths."""
+    """Absolute excludes become real paths (pruned with everything below); the rest stay path globs (zoe_glob)
+    matched on the path relative to the root."""
     globs, paths = [], []
     for item in exclude:
         if os.path.isabs(item):
             paths.append(os.path.realpath(item))
         else:
-            globs.append(item.rstrip("/"))
+            globs.append(item)
     if backup_root:
         # A snapshot holds copies of retired databases: they are the backup, not databases of the host.
         paths.append(os.path.realpath(backup_root))
@@ -100,12 +101,15 @@ def _is_under(path, parent):
 
 
 def is_excluded(path, opts):
-    """True when a real path matches an exclude: an absolute path (or below it) or a glob on the relpath."""
+    """True when a real path matches an exclude: an absolute path (or below it), or a path glob of zoe_glob on
+    the path relative to the root (`*` stays in one component, `**` crosses `/`, a glob without `/` is a name at
+    any depth, a glob with `/` is anchored at the root). Below a data_dir outside the root the globs are matched on
+    the path relative to data_dir, so no component of the path above it is read as a name."""
     if any(_is_under(path, p) for p in opts.exclude_paths):
         return True
-    rel = os.path.relpath(path, opts.root)
-    return any(fnmatch.fnmatchcase(rel, g) or fnmatch.fnmatchcase(os.path.basename(path), g)
-               for g in opts.exclude_globs)
+    top = opts.root if _is_under(path, opts.root) else opts.data_dir
+    rel = os.path.relpath(path, top).replace(os.sep, "/")
+    return any_match(opts.exclude_globs, rel)
 
 
 def is_sidecar(name):

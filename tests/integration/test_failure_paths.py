@@ -3,8 +3,8 @@
 Each test puts one real fault on a real demo tree (no containers: with the services not managed nothing else
 opens the databases) and checks the message, and that the tree is byte for byte as it was, or that a rollback
 is complete:
-  - a FIFO named like a database is refused by name before anything is opened, and an audit killed with
-    SIGKILL leaves none of its files in the temporary directory once the next audit has run;
+  - a FIFO named like a database is refused by name before anything is opened (what an audit ended by a
+    signal leaves is tested in test_zoe_audit_signals.py);
   - a run refused at the run lock touches nothing of the run that holds it (its prepared merge, its staged
     compose and env files, its lock) and says so;
   - a table and a column named with `|` and a newline keep every table of the Markdown report intact;
@@ -18,19 +18,17 @@ import hashlib
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import time
 
 import pytest
 from markdown_it import MarkdownIt
 
 from ansible.module_utils.run_lock import lock_content, process_start_time
 
-from zoe_host import REPO, VENV_BIN, ZoeHost, tree_digest
+from play_process import frozen_tree, streamed_playbook
+from zoe_host import ZoeHost, tree_digest
 
 pytestmark = [pytest.mark.slow]
 
@@ -43,78 +41,17 @@ def host(tmp_path):
     zoe.destroy()
 
 
-def play_env(**extra):
-    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1", PATH=VENV_BIN + os.pathsep + os.environ["PATH"], **extra)
-
-
-def descendants(pid):
-    """pid and every process below it, from /proc."""
-    tree = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as handle:
-                    tree.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
-            except OSError:
-                continue
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(tree.get(current, []))
-    return found
-
-
-def signal_tree(pid, sig):
-    """Send `sig` to pid and every descendant, freezing the tree first so none escapes (SIGSTOP until stable)."""
-    frozen = set()
-    while True:
-        new = set(descendants(pid)) - frozen
-        if not new:
-            break
-        for victim in new:
-            try:
-                os.kill(victim, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
-        frozen |= new
-    for victim in frozen:
-        try:
-            os.kill(victim, sig)
-        except ProcessLookupError:
-            pass
-    return frozen
-
-
 def play_pausing_at(host, header, action, *args):
     """Run consolidate.yml; when the task header starting with `header` appears, freeze the whole run, call
     action(), let the run go on. Returns (returncode, output)."""
-    cmd = [os.path.join(VENV_BIN, "ansible-playbook"), "-i", host.inventory, os.path.join(REPO, "consolidate.yml"),
-           "-e", "report_dir=%s" % host.reports] + list(args)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=play_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1, start_new_session=True)
     lines, paused = [], False
-    try:
+    with streamed_playbook(host, "consolidate.yml", *args, timeout=600) as proc:
         for line in proc.stdout:
             lines.append(line)
             if not paused and line.startswith("TASK [" + header):
-                frozen = signal_tree(proc.pid, signal.SIGSTOP)
-                try:
+                with frozen_tree(proc.pid):
                     action()
-                finally:
-                    for pid in frozen:
-                        try:
-                            os.kill(pid, signal.SIGCONT)
-                        except ProcessLookupError:
-                            pass
                 paused = True
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
     assert paused, "the run never reached %r:\n%s" % (header, "".join(lines)[-3000:])
     return proc.returncode, "".join(lines)
 

@@ -10,10 +10,11 @@ rollback point when it was taken). A kill point is survived when either
 EXPECTED_RECOVERY says which of the two each kill point must take; a kill point that takes the other one fails.
 
 Kill points are the `TASK [` headers of a full run, in order: killing at header N kills the run as task N starts,
-after task N-1 finished. By default a representative sample runs (every task of the downtime window and a few
-before and after it, plus one kill in the middle of the merge of a larger host); ZOE_KILL_ALL=1 runs every header
-(about 70 kill points, over an hour on 2 cores) and writes a summary to ZOE_KILL_SUMMARY (default
-/tmp/zoe-kill-points.json).
+after task N-1 finished. By default the points of SAMPLE run (the run lock, the two preparation steps, one per
+state of the host in the downtime window and one after the restart), plus one kill in the middle of the merge of a larger
+host; ZOE_KILL_SAMPLE=wide adds seven, ZOE_KILL_ALL=1 runs every header (docs/RELIABILITY.md has the counts and
+times measured). Each point's figures go to ZOE_KILL_SUMMARY (default zoe-kill-points.json in the temporary
+directory).
 
 One host is reused: between kill points it is torn down and rebuilt from the deterministic generator.
 """
@@ -21,21 +22,21 @@ One host is reused: between kill points it is torn down and rebuilt from the det
 import json
 import os
 import shutil
-import signal
-import subprocess
+import tempfile
 import time
 
 import pytest
 
 from zoe_demo import build_demo_host
 
-from zoe_host import REPO, VENV_BIN, ZoeHost
+from play_process import kill_tree, streamed_playbook
+from zoe_host import ZoeHost
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 USERS = ("testuser", "admin", "user", "system")
 KILL_ALL = os.environ.get("ZOE_KILL_ALL") == "1"
-SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", "/tmp/zoe-kill-points.json")
+SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", os.path.join(tempfile.gettempdir(), "zoe-kill-points.json"))
 
 # The sample of the test command: one kill before the lock, at the lock, at the merge prepared and the edits
 # staged before the stop (left behind half-made), and at each step of the downtime window where a different part
@@ -72,16 +73,6 @@ MERGE_SCALE = int(os.environ.get("ZOE_KILL_MERGE_SCALE", "60"))
 
 # -- the host and the reference run -------------------------------------------------------------------
 
-def play_env():
-    return dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, "ansible.cfg"), ANSIBLE_NOCOLOR="1",
-                ANSIBLE_FORCE_COLOR="0", PYTHONUNBUFFERED="1", PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
-
-
-def playbook_cmd(host, name, *args):
-    return [os.path.join(VENV_BIN, "ansible-playbook"), "-i", host.inventory, os.path.join(REPO, name),
-            "-e", "report_dir=%s" % host.reports] + list(args)
-
-
 def rebuild(host):
     """Back to a fresh demo host: containers removed, tree, backups and reports rebuilt from the generator."""
     host.destroy_containers()
@@ -109,50 +100,6 @@ def zoe_counts(host):
             for name in tables}
 
 
-def _children():
-    """{ppid: [pid]} of every process, from /proc."""
-    tree = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as handle:
-                    fields = handle.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            tree.setdefault(int(fields[1]), []).append(int(name))
-    return tree
-
-
-def kill_tree(pid):
-    """SIGKILL a process and every descendant, as a power cut would.
-
-    Ansible's workers call setsid(), so killing the playbook's process group leaves the running module alive to
-    finish its task; a kill point has to stop that module too. The tree is frozen (SIGSTOP) until no new process
-    appears, then killed at once, so nothing is reparented away and nothing runs on after the kill.
-    """
-    frozen = set()
-    while True:
-        tree, todo, found = _children(), [pid], set()
-        while todo:
-            current = todo.pop()
-            found.add(current)
-            todo.extend(tree.get(current, []))
-        new = found - frozen
-        if not new:
-            break
-        for victim in new:
-            try:
-                os.kill(victim, signal.SIGSTOP)
-            except ProcessLookupError:
-                pass
-        frozen |= new
-    for victim in frozen:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 def run_streaming(host, kill_at=None, delay=0.0, extra=()):
     """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL it and every descendant at header N.
 
@@ -160,10 +107,8 @@ def run_streaming(host, kill_at=None, delay=0.0, extra=()):
     """
     started = time.monotonic()
     run_streaming.times = []
-    proc = subprocess.Popen(playbook_cmd(host, "consolidate.yml", *extra), cwd=REPO, env=play_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
     headers, lines = [], []
-    try:
+    with streamed_playbook(host, "consolidate.yml", *extra, timeout=900) as proc:
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("TASK ["):
@@ -174,12 +119,6 @@ def run_streaming(host, kill_at=None, delay=0.0, extra=()):
                         time.sleep(delay)
                     kill_tree(proc.pid)
                     break
-        proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        proc.stdout.close()
     # the process group may hold module processes that outlive the controller for a moment
     time.sleep(0.5)
     return headers, proc.returncode, "".join(lines)

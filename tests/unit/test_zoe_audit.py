@@ -123,6 +123,34 @@ def test_exclude_globs(tree, exclude, expected_extra):
     assert sorted(r for r in found if r.startswith(("backups", "node_modules"))) == expected_extra
 
 
+@pytest.mark.parametrize("exclude, expected", [
+    (["data/*.db"], ["data/old/x.db", "data/y.sqlite", "services/data/z.db"]),
+    (["data/**/*.db"], ["data/y.sqlite", "services/data/z.db"]),
+    (["**/data/*.db"], ["data/old/x.db", "data/y.sqlite"]),
+    (["*.db"], ["data/y.sqlite"]),
+    (["data/old"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["./data/old/"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["old"], ["data/keep.db", "data/y.sqlite", "services/data/z.db"]),
+    (["data/?.sqlite"], ["data/keep.db", "data/old/x.db", "services/data/z.db"]),
+], ids=["star-stays-in-one-component", "double-star-crosses", "leading-double-star", "name-at-any-depth",
+        "anchored-directory", "dot-slash-and-trailing-slash", "directory-name-at-any-depth", "question-mark"])
+def test_exclude_globs_are_path_globs(tmp_path, exclude, expected):
+    """zoe_glob's meaning, not fnmatch's: `data/*.db` leaves out data/keep.db and not data/old/x.db."""
+    root = tmp_path / "zoe"
+    for relpath in ("data/keep.db", "data/old/x.db", "data/y.sqlite", "services/data/z.db"):
+        make_db(str(root / relpath))
+    result = audit_host(AuditOptions(str(root), str(root / "data"), exclude=exclude))
+    assert sorted(by_relpath(result)) == expected
+
+
+def test_exclude_globs_below_a_data_dir_outside_the_root_do_not_read_the_path_above_it(tmp_path):
+    make_db(str(tmp_path / "tree" / "app.db"))
+    make_db(str(tmp_path / "old" / "data" / "zoe.db"))
+    make_db(str(tmp_path / "old" / "data" / "cache" / "c.db"))
+    result = audit_host(AuditOptions(str(tmp_path / "tree"), str(tmp_path / "old" / "data"), exclude=["old", "cache"]))
+    assert sorted(d["name"] for d in result["databases"]) == ["app.db", "zoe.db"]
+
+
 def test_backup_root_is_always_excluded_and_measured_at_its_nearest_parent(tree):
     root, _ = tree
     result = audit_host(options(root, backup_root=os.path.join(root, "backups")))
@@ -361,91 +389,3 @@ def test_sweep_removes_only_what_a_killed_audit_left(tmp_path):
     finally:
         alive.communicate("")
     assert sweep_dead(tmpdir) == [alive_dir]   # its process ended: now it is a leftover too
-
-
-def start_a_slow_audit(tmp_path):
-    """`ansible localhost -m zoe_audit` as the play runs it (pipelining) with TMPDIR in tmp_path, over a 150 MB
-    database; returns (process, command, env, tmpdir, leftovers) once its payload and its copies exist."""
-    root = tmp_path / "zoe"
-    data = root / "data"
-    make_db(str(data / "zoe.db"))
-    big = sqlite3.connect(str(data / "memory.db"))
-    big.execute("CREATE TABLE blobs (b BLOB)")
-    big.executemany("INSERT INTO blobs VALUES (randomblob(1 << 20))", [()] * 150)
-    big.commit()
-    big.close()
-    tmpdir = tmp_path / "tmp"
-    tmpdir.mkdir()
-    args = {"root": str(root), "data_dir": str(data), "keep": ["zoe.db", "memory.db"], "fold": ["auth.db"]}
-    cmd = [ANSIBLE, "localhost", "-m", "zoe_audit", "-a", json.dumps(args),
-           "-e", "ansible_python_interpreter=/usr/bin/python3"]
-    env = dict(os.environ, TMPDIR=str(tmpdir))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    leftovers = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        leftovers = sorted(n for n in os.listdir(str(tmpdir)) if n.startswith((PAYLOAD_PREFIX, WORKDIR_PREFIX)))
-        if len(leftovers) == 2:
-            break
-        time.sleep(0.005)
-    return proc, cmd, env, tmpdir, leftovers
-
-
-def module_process(tmpdir):
-    """The pid of the module: the process holding the live mark of its payload directory open."""
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                targets = [os.readlink("/proc/%s/fd/%s" % (name, fd)) for fd in os.listdir("/proc/%s/fd" % name)]
-                if any(t.startswith(os.path.join(str(tmpdir), PAYLOAD_PREFIX)) and t.endswith(LIVE_MARK)
-                       for t in targets):
-                    return int(name)
-            except OSError:
-                continue
-    return None
-
-
-def test_an_audit_ended_with_sigterm_removes_its_payload_and_copies(tmp_path):
-    proc, _cmd, _env, tmpdir, leftovers = start_a_slow_audit(tmp_path)
-    assert len(leftovers) == 2, "the audit ended before it could be signalled: %s" % leftovers
-    os.kill(module_process(tmpdir), signal.SIGTERM)
-    assert proc.wait(timeout=120) != 0
-    assert os.listdir(str(tmpdir)) == []
-
-
-def test_an_audit_killed_with_sigkill_leaves_nothing_once_the_next_audit_ran(tmp_path):
-    """Through Ansible as the play runs it (pipelining): the payload Ansible unpacks and the audit's copies."""
-    proc, cmd, env, tmpdir, leftovers = start_a_slow_audit(tmp_path)
-    kill_tree(proc.pid)
-    proc.wait()
-    assert len(leftovers) == 2 and leftovers[0].startswith(PAYLOAD_PREFIX) and leftovers[1].startswith(WORKDIR_PREFIX), \
-        "the audit ended before it could be killed: %s" % leftovers
-    assert sorted(os.listdir(str(tmpdir))) == leftovers   # SIGKILL: nothing could clean up
-    done = subprocess.run(cmd, cwd=REPO, env=dict(env, ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-                                                  ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json"),
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-2000:]
-    result = json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
-    assert sorted(os.path.basename(p) for p in result["leftovers_removed"]) == leftovers
-    assert [n for n in os.listdir(str(tmpdir)) if n.startswith((PAYLOAD_PREFIX, WORKDIR_PREFIX))] == []
-
-
-def kill_tree(pid):
-    """SIGKILL pid and every descendant (Ansible's worker calls setsid, so the process group is not enough)."""
-    tree = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as handle:
-                    tree.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(name))
-            except OSError:
-                continue
-    todo, found = [pid], []
-    while todo:
-        found.append(todo.pop())
-        todo.extend(tree.get(found[-1], []))
-    for victim in found:
-        os.kill(victim, signal.SIGSTOP)
-    for victim in found:
-        os.kill(victim, signal.SIGKILL)

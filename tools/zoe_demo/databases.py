@@ -76,6 +76,33 @@ SECRET_COLUMNS = {
     "user_api_keys": ["encrypted_key"],
 }
 
+# The task tables: zoe.db's developer_tasks (unified_schema_design.sql) and developer_tasks.db's developer_tasks
+# and dynamic_tasks (services/zoe-core/routers/developer_tasks.py) carry the same columns after `id` and the user key.
+TASK_COLUMNS = """
+    title TEXT NOT NULL,
+    objective TEXT NOT NULL,
+    requirements TEXT NOT NULL,
+    constraints TEXT,
+    acceptance_criteria TEXT,
+    priority TEXT DEFAULT 'medium',
+    assigned_to TEXT DEFAULT 'zack',
+    status TEXT DEFAULT 'pending',
+    context_snapshot TEXT,
+    last_analysis TEXT,
+    execution_count INTEGER DEFAULT 0,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    last_executed_at TIMESTAMP,
+    completed_at TIMESTAMP
+);"""
+
+
+def task_table(name, user_key=None):
+    """The CREATE TABLE of a task table: `id TEXT PRIMARY KEY`, the user key column when it has one, then the
+    columns every task table shares."""
+    key = "\n    %s," % user_key if user_key else ""
+    return "CREATE TABLE %s (\n    id TEXT PRIMARY KEY,%s%s" % (name, key, TASK_COLUMNS)
+
+
 # -- zoe.db: services/zoe-core ---------------------------------------------------------------------------
 ZOE_USERS = """CREATE TABLE users (
     user_id TEXT PRIMARY KEY,
@@ -153,25 +180,7 @@ CREATE TABLE lists (
     updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
 );
 CREATE INDEX idx_lists_user ON lists(user_id);
-CREATE TABLE developer_tasks (
-    id TEXT PRIMARY KEY,
-    user_id TEXT NOT NULL REFERENCES users(user_id),
-    title TEXT NOT NULL,
-    objective TEXT NOT NULL,
-    requirements TEXT NOT NULL,
-    constraints TEXT,
-    acceptance_criteria TEXT,
-    priority TEXT DEFAULT 'medium',
-    assigned_to TEXT DEFAULT 'zack',
-    status TEXT DEFAULT 'pending',
-    context_snapshot TEXT,
-    last_analysis TEXT,
-    execution_count INTEGER DEFAULT 0,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    last_executed_at TIMESTAMP,
-    completed_at TIMESTAMP
-);
-"""
+""" + task_table("developer_tasks", "user_id TEXT NOT NULL REFERENCES users(user_id)") + "\n"
 
 # -- memory.db: services/zoe-core/light_rag_memory.py --------------------------------------------------
 MEMORY_DDL = """
@@ -327,42 +336,8 @@ DEV_USERS = """CREATE TABLE users (
     created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
 )"""
 
-DEV_DDL = """
-CREATE TABLE developer_tasks (
-    id TEXT PRIMARY KEY,
-    user_id INTEGER NOT NULL REFERENCES users(id),
-    title TEXT NOT NULL,
-    objective TEXT NOT NULL,
-    requirements TEXT NOT NULL,
-    constraints TEXT,
-    acceptance_criteria TEXT,
-    priority TEXT DEFAULT 'medium',
-    assigned_to TEXT DEFAULT 'zack',
-    status TEXT DEFAULT 'pending',
-    context_snapshot TEXT,
-    last_analysis TEXT,
-    execution_count INTEGER DEFAULT 0,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    last_executed_at TIMESTAMP,
-    completed_at TIMESTAMP
-);
-CREATE TABLE dynamic_tasks (
-    id TEXT PRIMARY KEY,
-    title TEXT NOT NULL,
-    objective TEXT NOT NULL,
-    requirements TEXT NOT NULL,
-    constraints TEXT,
-    acceptance_criteria TEXT,
-    priority TEXT DEFAULT 'medium',
-    assigned_to TEXT DEFAULT 'zack',
-    status TEXT DEFAULT 'pending',
-    context_snapshot TEXT,
-    last_analysis TEXT,
-    execution_count INTEGER DEFAULT 0,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    last_executed_at TIMESTAMP,
-    completed_at TIMESTAMP
-);
+DEV_DDL = "\n" + task_table("developer_tasks", "user_id INTEGER NOT NULL REFERENCES users(id)") + "\n" + \
+    task_table("dynamic_tasks") + """
 CREATE TABLE task_executions (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     task_id TEXT NOT NULL,
@@ -591,22 +566,28 @@ class DemoDatabases:
             self.insert(conn, table, rows)
         self.finish(conn, relpath)
 
+    def build_users_db(self, name, users_ddl, ddl, users):
+        """Open data/<name>, create its users table and the rest of its schema, insert `users` and record their
+        usernames; returns the open connection for the database's other tables."""
+        conn = self.open("data/" + name)
+        conn.execute(users_ddl)
+        conn.executescript(ddl)
+        self.insert(conn, "users", users)
+        self.record["users"][name] = [u["username"] for u in users]
+        return conn
+
     # -- the primary ------------------------------------------------------------------------------
     def build_zoe(self):
         rng = self.rng("zoe.db")
         users_rng = random.Random("users:%s" % self.seed)
-        conn = self.open("data/zoe.db")
-        conn.execute(ZOE_USERS)
-        conn.executescript(ZOE_DDL)
         users = []
         for name in ("testuser", "admin", "user", "system"):
             users.append({"user_id": name, "email": "%s@zoe.local" % name, "username": name,
                           "password_hash": password_hash(DEMO_PASSWORDS[name], "zoe-%s" % name),
                           "is_active": 1, "is_admin": int(name == "admin"), "created_at": ts(users_rng, 30),
                           "settings_json": "{}"})
-        self.insert(conn, "users", users)
+        conn = self.build_users_db("zoe.db", ZOE_USERS, ZOE_DDL, users)
         self.zoe_users = {u["username"]: u for u in users}
-        self.record["users"]["zoe.db"] = [u["username"] for u in users]
         names = list(self.zoe_users)
         self.insert(conn, "user_sessions", [
             {"session_id": "zs-%04d" % i, "user_id": names[i % 4], "token": token(rng),
@@ -655,9 +636,6 @@ class DemoDatabases:
     # -- the 13 to fold ---------------------------------------------------------------------------
     def build_auth(self):
         rng = self.rng("auth.db")
-        conn = self.open("data/auth.db")
-        conn.execute(AUTH_USERS)
-        conn.executescript(AUTH_DDL)
         zoe_admin, zoe_user = self.zoe_users["admin"], self.zoe_users["user"]
         admin_id, user_id = "usr_%012x" % rng.getrandbits(48), "usr_%012x" % rng.getrandbits(48)
         common = {"is_active": 1, "is_verified": 1, "failed_login_attempts": 0, "locked_until": None,
@@ -669,8 +647,7 @@ class DemoDatabases:
         user = dict(common, user_id=user_id, username="user", email="user.new@zoe.local",   # disagrees with zoe.db
                     password_hash=password_hash(DEMO_PASSWORDS["user"], "auth-user"), created_at=ts(rng, 30, "T"),
                     passcode_hash=None, role="user", updated_at=ts(rng, 60, "T"), last_login=None)
-        self.insert(conn, "users", [admin, user])
-        self.record["users"]["auth.db"] = ["admin", "user"]
+        conn = self.build_users_db("auth.db", AUTH_USERS, AUTH_DDL, [admin, user])
         ids = [admin_id, user_id]
         self.insert(conn, "roles", [
             {"role_id": r, "name": r, "description": "%s role" % r, "permissions": json.dumps(p),
@@ -719,12 +696,9 @@ class DemoDatabases:
 
     def build_developer_tasks(self):
         rng = self.rng("developer_tasks.db")
-        conn = self.open("data/developer_tasks.db")
-        conn.execute(DEV_USERS)
-        conn.executescript(DEV_DDL)
-        self.insert(conn, "users", [{"id": 1, "username": "system", "email": "system@zoe.local", "role": "developer",
-                                     "created_at": self.zoe_users["system"]["created_at"]}])
-        self.record["users"]["developer_tasks.db"] = ["system"]
+        conn = self.build_users_db("developer_tasks.db", DEV_USERS, DEV_DDL, [
+            {"id": 1, "username": "system", "email": "system@zoe.local", "role": "developer",
+             "created_at": self.zoe_users["system"]["created_at"]}])
         self.insert(conn, "developer_tasks", [self.dev_task(rng, "dev-%04d" % i, 1) for i in range(1, self.bulk(30) + 1)])
         dynamic = [dict((k, v) for k, v in self.dev_task(rng, "dyn-%04d" % i, None).items() if k != "user_id")
                    for i in range(1, self.bulk(40) + 1)]
