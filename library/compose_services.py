@@ -17,7 +17,9 @@ description:
     by hand, one-off C(compose run) containers, containers of other projects or of services no longer in
     the compose files.
   - An unreachable Docker engine is reported (RV(docker_reachable)=false with RV(docker_error)), not a failure.
-  - With O(state=stopped) it stops the running containers of O(services) and returns once they have exited,
+  - With O(state=stopped) it stops the running containers of O(services) and returns once they have exited and
+    no running container mounts O(data_dir) any more (one that does, a service not listed or a container compose
+    does not manage, fails the task),
     with C(docker stop -t) O(stop_timeout) straight to the engine, one call per layer of O(depends_on) (dependents
     first; the containers of a layer stop in parallel), so neither the compose tool's start-up nor a polling loop
     is spent in the downtime.
@@ -290,7 +292,8 @@ def main():
         result = {"project": project_name(p["project_dir"], p["project"])}
         if p["state"] == "stopped":
             result.update(stop_services(result["project"], p["services"], depends_on=p["depends_on"],
-                                        stop_timeout=p["stop_timeout"], check_mode=module.check_mode))
+                                        stop_timeout=p["stop_timeout"], check_mode=module.check_mode,
+                                        data_dir=p["data_dir"]))
         else:
             command = p["compose_command"] or detect_compose()[0]
             if not command:

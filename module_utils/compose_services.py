@@ -296,8 +296,11 @@ def healthcheck_of(doc):
     return {"argv": argv, "timeout": timeout} if argv else None
 
 
-def stop_services(project, services, depends_on=None, stop_timeout=10, check_mode=False, runner=run):
-    """Stop the running containers of `services`; returns the result dict (stopped, layers, seconds)."""
+def stop_services(project, services, depends_on=None, stop_timeout=10, check_mode=False, runner=run, data_dir=None):
+    """Stop the running containers of `services`; returns the result dict (stopped, layers, seconds).
+
+    With `data_dir`, fails when any running container (of this project or not) still mounts it afterwards.
+    """
     started = time.monotonic()
     entries = project_entries(project, services, runner)
     running = {}
@@ -320,6 +323,12 @@ def stop_services(project, services, depends_on=None, stop_timeout=10, check_mod
     still = sorted({e["service"] for e in project_entries(project, services, runner) if e["running"]})
     if still:
         raise ServicesNotStoppedError("still running after docker stop: %s" % ", ".join(still))
+    if data_dir:
+        real = os.path.realpath(data_dir)
+        writing = sorted(e["name"] for e in (container_entry(d, real, project) for d in inspect_all(runner))
+                         if e["running"] and e["mounts_data"])
+        if writing:
+            raise ServicesNotStoppedError("still running and mounting %s after the stop: %s" % (real, ", ".join(writing)))
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
 

@@ -410,3 +410,14 @@ def test_start_fails_when_a_service_never_becomes_healthy(images, tmp_path):
         assert result["msg"] == "not running and healthy after 3 s: slow (running/starting)"
     finally:
         remove_project_containers(project)
+
+
+@pytest.mark.docker
+def test_stop_fails_while_another_container_still_mounts_data(own_stack, images, container):
+    s = own_stack
+    name = container("-v", "%s:/app/data" % s["data"], images["base"], "sleep", "300")
+    rc, result = run_module({"project_dir": s["root"], "data_dir": s["data"], "state": "stopped",
+                             "services": ["zoe-mcp-server"]})
+    assert rc != 0
+    assert result["msg"] == "still running and mounting %s after the stop: %s" % (os.path.realpath(s["data"]), ", ".join(
+        sorted(["%s-%s" % (s["project"], svc) for svc in WRITERS if svc != "zoe-mcp-server"] + [name])))

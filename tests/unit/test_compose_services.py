@@ -21,8 +21,10 @@ DEMO_DEPENDS = {"zoe-auth": ["zoe-core"], "zoe-mcp-server": ["zoe-core"], "mem-a
     (["a", "b"], {"a": ["b"], "b": ["a"]}, [["a"], ["b"]]),          # a cycle: the order given
     (["b", "a"], None, [["b"], ["a"]]),                              # no depends_on: one at a time, in order
     (["a", "a", "b"], {}, [["a", "b"]]),
+    (["a", "b"], {"a": {"b": {"condition": "service_healthy"}}}, [["a"], ["b"]]),   # compose's long syntax
     ([], DEMO_DEPENDS, []),
-], ids=["demo-writers", "two", "three-deep", "outside-dep", "cycle", "no-depends", "duplicates", "none"])
+], ids=["demo-writers", "two", "three-deep", "outside-dep", "cycle", "no-depends", "duplicates", "long-syntax",
+                          "none"])
 def test_stop_layers(services, depends_on, layers):
     assert stop_layers(services, depends_on) == layers
 
