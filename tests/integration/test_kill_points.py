@@ -43,11 +43,11 @@ SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", "/tmp/zoe-kill-points.json")
 # starting), and one after the restart. ZOE_KILL_SAMPLE=wide adds more.
 SAMPLE = (
     "preflight : Take the run lock",
-    "consolidate : Prepare the merge while the services still run",
-    "rewrite : Stage the compose and env files",
+    "prepare : Prepare the merge while the services still run",
+    "prepare : Stage the compose and env files",
     "stop_services : Stop the services that write",
     "consolidate : Move the merged databases",
-    "rewrite : Point compose and env files",
+    "consolidate : Point compose and env files",
     "restart : Start the services again",
     "smoke_test : Log every user in",
 )
@@ -56,7 +56,7 @@ if os.environ.get("ZOE_KILL_SAMPLE") == "wide":
         "preflight : Audit every SQLite file",
         "backup : Restore-test the live snapshot",
         "stop_services : Wait until no writer is running",
-        "backup : Take the rollback point",
+        "consolidate : Take the rollback point",
         "restart : Wait until every restarted service is healthy",
         "restart : Record when the downtime ends",
         "report : Write the JSON report",
