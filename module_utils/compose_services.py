@@ -1,5 +1,5 @@
 # -*- coding: utf-8 -*-
-"""Which containers write the data directory, and which compose tool manages them. Read-only.
+"""Which containers write the data directory, which compose tool manages them; stopping and starting them.
 
 Standard library only: this runs on the managed host with its own python3 and talks to Docker through
 the docker CLI (the host has no docker SDK for Python).
@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import time
 
 from ansible.module_utils.compose_env import detect_compose, parse_compose_version, read_env_file, run  # noqa: F401
 
@@ -199,4 +201,251 @@ def probe(project_dir, data_dir, project=None, compose_files=None, runner=run, q
                      key=lambda e: (e["project"] or "", e["service"] or "", e["name"]))
     result["containers"] = entries
     result.update(classify(entries, name, services))
+    return result
+
+
+# ------------------------------------------------------------------------------------- stop and start
+#
+# Why these work the way they do (each choice is measured in bench/bench_downtime.py's window):
+# - The stop goes straight to the engine: `docker stop -t <timeout> <ids>` for the running containers of the
+#   services, one call per layer of depends_on (dependents first), the containers of a layer stopped in
+#   parallel by the docker CLI; it returns when they have exited, so no polling follows. `compose stop` does
+#   the same through the compose tool, whose start-up (the Python v1: about a second) would be downtime.
+# - The start is compose's (`up -d --no-deps`): only compose knows the configuration a container must be
+#   recreated with.
+# - Ready is seen by asking, not by waiting for the engine's next healthcheck: a container whose health is
+#   still `starting` gets its own healthcheck command run with `docker exec` (what the engine would run, at its
+#   own interval: 30 s on the real Zoe stack) every `poll_interval` seconds; one pass of it counts as healthy,
+#   as does the engine's `healthy`. A container without a healthcheck is ready once it runs.
+
+class ServicesNotStoppedError(ComposeServicesError):
+    """A container of a service to stop is still running after the stop."""
+
+
+class ServicesNotReadyError(ComposeServicesError):
+    """A service started by compose is not running and healthy within the timeout."""
+
+
+class ComposeUpError(ComposeServicesError):
+    """`compose up -d` failed."""
+
+
+def stop_layers(services, depends_on=None):
+    """`services` in layers to stop one after the other: each layer holds what no service still running needs.
+
+    depends_on: {service: [services it depends on]} (other services ignored). Without it, one service per
+    layer in the order given (the caller's stop order).
+    """
+    names = list(dict.fromkeys(services or []))
+    if depends_on is None:
+        return [[name] for name in names]
+    deps = {name: [d for d in (depends_on.get(name) or []) if d in names and d != name] for name in names}
+    left, layers = list(names), []
+    while left:
+        needed = {d for name in left for d in deps[name]}
+        layer = [name for name in left if name not in needed]
+        if not layer:      # a cycle: stop the rest in the order given
+            layer = [left[0]]
+        layers.append(layer)
+        left = [name for name in left if name not in layer]
+    return layers
+
+
+def project_entries(project, services=None, runner=run, data_dir=None):
+    """The module's entries of every container of `project` (not one-off), optionally of `services` only."""
+    rc, out, err = runner([DOCKER, "ps", "-a", "-q", "--no-trunc", "--filter", "label=%s=%s" % (LABEL_PROJECT, project)])
+    if rc != 0:
+        raise DockerCommandError("docker ps -a failed: %s" % err.strip())
+    ids = out.split()
+    docs = []
+    if ids:
+        rc, out, err = runner([DOCKER, "inspect", "--type", "container"] + ids)
+        if rc == 0:
+            docs = json.loads(out)
+        else:
+            for cid in ids:
+                rc, out, _ = runner([DOCKER, "inspect", "--type", "container", cid])
+                if rc == 0:
+                    docs.extend(json.loads(out))
+    real = os.path.realpath(data_dir) if data_dir else "\0"
+    entries = []
+    for doc in docs:
+        entry = container_entry(doc, real, project)
+        if entry["oneoff"] or not entry["compose_managed"]:
+            continue
+        if services is not None and entry["service"] not in services:
+            continue
+        entry["healthcheck"] = healthcheck_of(doc)
+        entries.append(entry)
+    return entries
+
+
+def healthcheck_of(doc):
+    """{'argv': [...], 'timeout': s} of the container's healthcheck, or None when it has none."""
+    check = (doc.get("Config") or {}).get("Healthcheck") or {}
+    test = check.get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    if test[0] == "CMD":
+        argv = list(test[1:])
+    elif test[0] == "CMD-SHELL":
+        argv = ["/bin/sh", "-c", " ".join(test[1:])]
+    else:
+        return None
+    timeout = (check.get("Timeout") or 30 * 10 ** 9) / 1e9
+    return {"argv": argv, "timeout": timeout} if argv else None
+
+
+def stop_services(project, services, depends_on=None, stop_timeout=10, check_mode=False, runner=run, data_dir=None):
+    """Stop the running containers of `services`; returns the result dict (stopped, layers, seconds).
+
+    With `data_dir`, fails when any running container (of this project or not) still mounts it afterwards.
+    """
+    started = time.monotonic()
+    entries = project_entries(project, services, runner)
+    running = {}
+    for entry in entries:
+        if entry["running"]:
+            running.setdefault(entry["service"], []).append(entry["id"])
+    layers = [[name for name in layer if name in running] for layer in stop_layers(services, depends_on)]
+    layers = [layer for layer in layers if layer]
+    result = {"stopped": [name for layer in layers for name in layer], "layers": layers,
+              "changed": bool(layers), "running_before": sorted(running),
+              "running_after": [] if not check_mode else sorted(running)}
+    if check_mode or not layers:
+        result["seconds"] = round(time.monotonic() - started, 3)
+        return result
+    for layer in layers:
+        ids = [cid for name in layer for cid in running[name]]
+        rc, out, err = runner([DOCKER, "stop", "-t", str(int(stop_timeout))] + ids)
+        if rc != 0:
+            raise DockerCommandError("docker stop of %s failed: %s" % (", ".join(layer), (err or out).strip()))
+    still = sorted({e["service"] for e in project_entries(project, services, runner) if e["running"]})
+    if still:
+        raise ServicesNotStoppedError("still running after docker stop: %s" % ", ".join(still))
+    if data_dir:
+        real = os.path.realpath(data_dir)
+        writing = sorted(e["name"] for e in (container_entry(d, real, project) for d in inspect_all(runner))
+                         if e["running"] and e["mounts_data"])
+        if writing:
+            raise ServicesNotStoppedError("still running and mounting %s after the stop: %s" % (real, ", ".join(writing)))
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+class _Probe(object):
+    """One `docker exec` of a container's healthcheck command, run in the background."""
+
+    def __init__(self, entry):
+        check = entry["healthcheck"]
+        self.deadline = time.monotonic() + max(0.5, check["timeout"])
+        try:
+            self.proc = subprocess.Popen([DOCKER, "exec", entry["id"]] + check["argv"], stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+
+    def poll(self):
+        """True (passed), False (failed or timed out), None (still running)."""
+        if self.proc is None:
+            return False
+        rc = self.proc.poll()
+        if rc is None and time.monotonic() > self.deadline:
+            self.proc.kill()
+            self.proc.wait()
+            return False
+        return None if rc is None else rc == 0
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_ready(project, services, timeout=120, poll_interval=0.1, runner=run, probe_factory=_Probe):
+    """Wait until every service has a running container that is healthy; returns {service: how}.
+
+    how: 'healthy' (the engine says so), 'probed' (its healthcheck command passed under docker exec),
+    'running' (no healthcheck). Raises ServicesNotReadyError with each service's state at the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    passed, probes, ready = set(), {}, {}
+    try:
+        while True:
+            entries = project_entries(project, services, runner)
+            by_service = {}
+            for entry in entries:
+                by_service.setdefault(entry["service"], []).append(entry)
+            for cid, probe in list(probes.items()):
+                outcome = probe.poll()
+                if outcome is not None:
+                    del probes[cid]
+                    if outcome:
+                        passed.add(cid)
+            for name in services:
+                if name in ready:
+                    continue
+                found = by_service.get(name) or []
+                if not found or not all(e["running"] for e in found):
+                    continue
+                hows = []
+                for entry in found:
+                    if entry["healthcheck"] is None:
+                        hows.append("running")
+                    elif entry["health"] == "healthy":
+                        hows.append("healthy")
+                    elif entry["id"] in passed:
+                        hows.append("probed")
+                    else:
+                        hows.append(None)
+                        if entry["id"] not in probes:
+                            probes[entry["id"]] = probe_factory(entry)
+                if all(hows):
+                    ready[name] = "probed" if "probed" in hows else hows[0]
+            if len(ready) == len(set(services)):
+                return ready
+            if time.monotonic() > deadline:
+                states = {name: ", ".join("%s/%s" % (e["status"], e["health"]) for e in by_service.get(name) or [])
+                          or "no container" for name in services if name not in ready}
+                raise ServicesNotReadyError("not running and healthy after %d s: %s" % (timeout, "; ".join(
+                    "%s (%s)" % (name, state) for name, state in sorted(states.items()))))
+            time.sleep(poll_interval)
+    finally:
+        for probe in probes.values():
+            probe.stop()
+
+
+def start_services(command, project_dir, project, services, compose_files=None, timeout=120, poll_interval=0.1,
+                   wait=True, check_mode=False, runner=run):
+    """`compose up -d --no-deps <services>`, then wait until they are ready; returns the result dict.
+
+    changed: a container of the services was created or started (its id or start time differs).
+    """
+    started = time.monotonic()
+    names = list(dict.fromkeys(services or []))
+    entries = project_entries(project, names, runner)
+    running = sorted({e["service"] for e in entries if e["running"]})
+    result = {"started": [], "recreated": [], "ready": {}, "changed": False, "running_before": running,
+              "running_after": running if check_mode else sorted(names)}
+    if not names:
+        result["seconds"] = 0.0
+        return result
+    if check_mode:
+        result["started"] = [name for name in names if name not in running]
+        result["changed"] = bool(result["started"])
+        result["seconds"] = round(time.monotonic() - started, 3)
+        return result
+    before = {e["id"]: e["started_at"] for e in entries if e["running"]}
+    old = {e["service"]: e["id"] for e in entries}
+    rc, out, err = runner(compose_base(command, project_dir, project, compose_files) + ["up", "-d", "--no-deps"] + names,
+                          cwd=project_dir)
+    if rc != 0:
+        raise ComposeUpError("compose up -d of %s failed: %s" % (", ".join(names), (err or out).strip()[-2000:]))
+    after = project_entries(project, names, runner)
+    result["started"] = sorted({e["service"] for e in after if before.get(e["id"]) != e["started_at"]})
+    result["recreated"] = sorted({e["service"] for e in after if old.get(e["service"]) not in (None, e["id"])})
+    result["changed"] = bool(result["started"])
+    if wait:
+        result["ready"] = wait_ready(project, names, timeout, poll_interval, runner)
+    result["seconds"] = round(time.monotonic() - started, 3)
     return result

@@ -4,6 +4,8 @@ import json
 import os
 import random
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
@@ -282,3 +284,140 @@ def test_quick_probe_skips_compose_but_sees_the_same_containers(tmp_path):
     result = probe(str(tmp_path), str(data), project="p", runner=runner, quick=True)
     assert result["compose_command"] is None and result["services"] is None
     assert not [c for c in calls if "compose" in " ".join(c) or c[0] == "docker-compose"]
+
+
+# ------------------------------------------------------------------------------------ stop and start
+
+DEPENDS = {"zoe-auth": ["zoe-core"], "zoe-mcp-server": ["zoe-core"], "mem-agent": ["zoe-core"],
+           "zoe-ui": ["zoe-core", "zoe-auth"]}
+
+
+def health(port):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % port, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture()
+def own_stack(images, tmp_path):
+    """A demo stack of its own for the tests that stop and start it."""
+    root = str(tmp_path / "zoe")
+    project = "zcl%s" % uuid.uuid4().hex[:8]
+    record = build_demo_host(root, seed=5, project=project, port_base=20000 + random.randrange(0, 4000) * 5)
+    try:
+        up = run([PYTHON, os.path.join(REPO, "tools", "demo_host.py"), "up", "--root", root], cwd=REPO)
+        assert up.returncode == 0, up.stderr
+        yield {"root": root, "data": os.path.join(root, "data"), "project": project, "ports": record["ports"]}
+    finally:
+        run([PYTHON, os.path.join(REPO, "tools", "demo_host.py"), "down", "--root", root], cwd=REPO)
+        remove_project_containers(project)
+
+
+@pytest.mark.docker
+def test_stop_in_layers_then_start_until_every_health_answers(own_stack):
+    s = own_stack
+    args = {"project_dir": s["root"], "data_dir": s["data"], "services": ["zoe-auth", "mem-agent", "zoe-mcp-server",
+                                                                          "zoe-core"]}
+    rc, result = run_module(dict(args, state="stopped", depends_on=DEPENDS))
+    assert rc == 0, result
+    assert result["changed"] is True and result["layers"] == [["zoe-auth", "mem-agent", "zoe-mcp-server"], ["zoe-core"]]
+    probed = probe(s["root"], s["data"])
+    assert probed["writers"] == [] and probed["running_services"] == ["zoe-ui"]
+    assert all(health(s["ports"][name]) == 0 for name in WRITERS)
+
+    rc, again = run_module(dict(args, state="stopped", depends_on=DEPENDS))
+    assert rc == 0 and again["changed"] is False and again["stopped"] == [] and again["layers"] == []
+
+    before = {c["service"]: c["id"] for c in probe(s["root"], s["data"])["containers"] if c["project"] == s["project"]}
+    rc, result = run_module(dict(args, state="started", compose_command=detect_compose()[0]))
+    assert rc == 0, result
+    assert result["changed"] is True and result["started"] == WRITERS and result["recreated"] == []
+    assert sorted(result["ready"]) == WRITERS and set(result["ready"].values()) <= {"probed", "healthy"}
+    # Ready means answering: every /health answers 200 the moment the module returns.
+    assert {name: health(s["ports"][name]) for name in ALL_SERVICES} == {name: 200 for name in ALL_SERVICES}
+
+    rc, again = run_module(dict(args, state="started"))
+    assert rc == 0 and again["changed"] is False and again["started"] == []
+    after = {c["service"]: c["id"] for c in probe(s["root"], s["data"])["containers"] if c["project"] == s["project"]}
+    assert after == before
+
+
+@pytest.mark.docker
+def test_stop_and_start_in_check_mode_change_nothing(own_stack):
+    s = own_stack
+    args = {"project_dir": s["root"], "data_dir": s["data"], "services": WRITERS}
+    before = probe(s["root"], s["data"])["containers"]
+    rc, result = run_module(dict(args, state="stopped"), check=True)
+    assert rc == 0 and result["changed"] is True and sorted(result["stopped"]) == WRITERS
+    rc, result = run_module(dict(args, state="started"), check=True)
+    assert rc == 0 and result["changed"] is False and result["started"] == []
+    after = probe(s["root"], s["data"])["containers"]
+    assert [(c["id"], c["started_at"], c["running"]) for c in after] == [
+        (c["id"], c["started_at"], c["running"]) for c in before]
+
+
+SLOW_STARTER = """\
+services:
+  slow:
+    image: zoe-consolidate/service:latest
+    environment:
+      SERVICE_NAME: slow
+      ZOE_NO_DATABASE: "1"
+    command: ["/bin/sh", "-c", "sleep %(delay)s && touch /tmp/ready && exec python3 -u /opt/zoe/app.py"]
+    healthcheck:
+      # The real Zoe compose's style: 30 s interval, so the engine's first check comes 30 s after the start.
+      test: ["CMD", "test", "-f", "/tmp/ready"]
+      interval: 30s
+      timeout: 10s
+      retries: 3
+"""
+
+
+@pytest.mark.docker
+def test_ready_is_asked_not_waited_for(images, tmp_path):
+    """started returns once the healthcheck passes: after the service is ready (3 s), long before the engine's 30 s."""
+    delay = 3
+    (tmp_path / "data").mkdir()
+    (tmp_path / "docker-compose.yml").write_text(SLOW_STARTER % {"delay": delay})
+    project = "zcr%s" % uuid.uuid4().hex[:8]
+    args = {"project_dir": str(tmp_path), "data_dir": str(tmp_path / "data"), "project": project,
+            "services": ["slow"], "state": "started", "timeout": 60}
+    try:
+        rc, result = run_module(args)
+        assert rc == 0, result
+        assert result["ready"] == {"slow": "probed"}
+        assert delay <= result["seconds"] < 20, result["seconds"]
+        engine = run(["docker", "inspect", "-f", "{{.State.Health.Status}}", "%s_slow_1" % project]).stdout.strip() \
+            or run(["docker", "inspect", "-f", "{{.State.Health.Status}}", "%s-slow-1" % project]).stdout.strip()
+        assert engine == "starting"   # the engine has not run its first check yet
+    finally:
+        remove_project_containers(project)
+
+
+@pytest.mark.docker
+def test_start_fails_when_a_service_never_becomes_healthy(images, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "docker-compose.yml").write_text(SLOW_STARTER % {"delay": 3600})
+    project = "zcf%s" % uuid.uuid4().hex[:8]
+    try:
+        rc, result = run_module({"project_dir": str(tmp_path), "data_dir": str(tmp_path / "data"), "project": project,
+                                 "services": ["slow"], "state": "started", "timeout": 3})
+        assert rc != 0
+        assert result["msg"] == "not running and healthy after 3 s: slow (running/starting)"
+    finally:
+        remove_project_containers(project)
+
+
+@pytest.mark.docker
+def test_stop_fails_while_another_container_still_mounts_data(own_stack, images, container):
+    s = own_stack
+    name = container("-v", "%s:/app/data" % s["data"], images["base"], "sleep", "300")
+    rc, result = run_module({"project_dir": s["root"], "data_dir": s["data"], "state": "stopped",
+                             "services": ["zoe-mcp-server"]})
+    assert rc != 0
+    assert result["msg"] == "still running and mounting %s after the stop: %s" % (os.path.realpath(s["data"]), ", ".join(
+        sorted(["%s-%s" % (s["project"], svc) for svc in WRITERS if svc != "zoe-mcp-server"] + [name])))
