@@ -56,9 +56,9 @@ if os.environ.get("ZOE_KILL_SAMPLE") == "wide":
     SAMPLE += (
         "preflight : Audit every SQLite file",
         "backup : Restore-test the live snapshot",
-        "stop_services : Wait until no writer is running",
+        "stop_services : Record when the downtime starts",
         "consolidate : Take the rollback point",
-        "restart : Wait until every restarted service is healthy",
+        "consolidate : Hand over the rollback point",
         "restart : Record when the downtime ends",
         "report : Write the JSON report",
     )
