@@ -113,7 +113,7 @@ def floor(target, sources):
 
 
 def floor_verified(target, sources):
-    """The floor, then the verification the issue requires of every merge: PRAGMA integrity_check and
+    """The floor, then the verification every merge of the module makes: PRAGMA integrity_check and
     foreign_key_check of the result. No merge that verifies its result can beat this without running the
     check beside the inserts, so its ratio to the floor is the lower bound of the module's ratio."""
     floor(target, sources)

@@ -14,7 +14,7 @@ after `sync` so no step pays for the previous one's writeback, median of --reps 
 
 Usage: .venv/bin/python bench/bench_volume_snapshot.py [--mb 1024] [--reps 3]
 
---module (issue #18): the rollback point as the play takes it, through Ansible. Builds a data dir of
+--module: the rollback point as the play takes it, through Ansible. Builds a data dir of
 15 WAL-mode databases (-wal and -shm beside each; about 437 MB on disk with the default --mb 422), then times in one run, median of
 --reps (default 5), each step after `sync`:
 
@@ -50,7 +50,7 @@ from ansible.module_utils.volume_snapshot import (  # noqa: E402
     apply_restore, apply_snapshot, plan_restore, plan_snapshot)
 
 SHARES = [0.28, 0.2, 0.14, 0.12, 0.1, 0.08, 0.05, 0.03]  # a few big databases, several small ones
-# The rollback point of issue #18: 15 databases, as the Zoe host's data dir (two big, a long tail).
+# The rollback point: 15 databases, as the Zoe host's data dir (two big, a long tail).
 MODULE_SHARES = [0.25, 0.16, 0.12, 0.09, 0.07, 0.06, 0.05, 0.04, 0.035, 0.03, 0.025, 0.025, 0.02, 0.015, 0.01]
 
 
@@ -131,7 +131,7 @@ def cpu_seconds():
 
 
 def module_bench(args):
-    """Issue #18: the rollback point through `ansible -m volume_snapshot`, against cp -a + sync and a no-op."""
+    """The rollback point through `ansible -m volume_snapshot`, against cp -a + sync and a no-op."""
     work = tempfile.mkdtemp(prefix="zoe-bench-vsm-", dir="/tmp")
     data, dst, bk = os.path.join(work, "data"), os.path.join(work, "dst"), os.path.join(work, "bk")
     try:
@@ -238,7 +238,7 @@ def main():
     parser.add_argument("--mb", type=int, default=None, help="approximate size of the data dir in MB "
                         "(default 1024; 422 with --module: 437 MB on disk)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 5 with --module)")
-    parser.add_argument("--module", action="store_true", help="issue #18: the rollback point through Ansible")
+    parser.add_argument("--module", action="store_true", help="the rollback point as the play takes it, through ansible -m volume_snapshot")
     parser.add_argument("--profile", action="store_true",
                         help="with --module: timed spans of the in-process snapshot")
     args = parser.parse_args()

@@ -151,7 +151,7 @@ def test_the_installed_hook_refuses_forbidden_databases(host):
     assert git(host.root, "rev-parse", "HEAD").stdout == head
 
 
-# The .env lines of issue 15 item 5, each next to a database line the rewrite edits (so a diff shows them as
+# .env lines with secrets, each next to a database line the rewrite edits (so a diff shows them as
 # context): a quoted value with a space and a `#`, *PASS names, a short sk- key, credentials inside a URL.
 ENV_SECRET_LINES = ['JWT_SECRET_2="Zq9leakA part2B#part3C"', "SMTP_PASS=Hunter2-smtp-passD", "DB_PASS=pw-F-secret",
                     "LITELLM_MASTER_KEY=sk-live-abc123E", "REDIS_URL=redis://:RedisPwG99@redis:6379/0",

@@ -11,12 +11,17 @@ import sqlite3
 import subprocess
 import time
 
+import pytest
+
 from ansible.module_utils.zoe_audit import LIVE_MARK, PAYLOAD_PREFIX, WORKDIR_PREFIX
 
 from play_process import kill_tree, send, signal_tree
 from zoe_host import REPO, VENV_BIN
 
 ANSIBLE = os.path.join(VENV_BIN, "ansible")
+
+# A 300 MB database and two Ansible runs each: not for the fast loop.
+pytestmark = pytest.mark.slow
 
 
 def start_a_slow_audit(tmp_path):

@@ -204,11 +204,11 @@ def test_follow_env_files_rewrites_the_env_file(host):
     assert "# DATABASE_PATH=/app/data/auth.db  (old, kept for reference)" in env.after
 
 
-# The secrets of issue 15 item 5: a space and a `#` inside a quoted value, *PASS names, a short sk- key, a URL.
-ISSUE_SECRETS = ['JWT_SECRET="Zq9leakA part2B#part3C"', "SMTP_PASS=Hunter2-smtp-passD", "DB_PASS=pw-F-secret",
+# Secrets that are hard to mask: a space and a `#` inside a quoted value, *PASS names, a short sk- key, a URL.
+HARD_SECRETS = ['JWT_SECRET="Zq9leakA part2B#part3C"', "SMTP_PASS=Hunter2-smtp-passD", "DB_PASS=pw-F-secret",
                  "LITELLM_MASTER_KEY=sk-live-abc123E", "REDIS_URL=redis://:RedisPwG99@redis:6379/0"]
 # A secret whose name and shape say nothing: only the rule "every value not being edited is masked" hides it.
-ISSUE_SECRETS.append("WEBHOOK_TARGET=opaque-Q7value")
+HARD_SECRETS.append("WEBHOOK_TARGET=opaque-Q7value")
 SECRET_STRINGS = ["Zq9leakA", "part2B", "part3C", "Hunter2-smtp-passD", "pw-F-secret", "sk-live-abc123E", "RedisPwG99",
                   "8f14e45fceea167a5a36dedd4bea2543", "correct-horse-battery", "sk-abcdefghijklmnopqrstuvwx",
                   "opaque-Q7value"]
@@ -217,12 +217,12 @@ SECRET_STRINGS = ["Zq9leakA", "part2B", "part3C", "Hunter2-smtp-passD", "pw-F-se
 def test_secrets_are_masked_in_diffs_and_changes(host):
     """Next to edited lines (diff context), in the env file and in a compose environment list."""
     with open(str(host / ".env")) as handle:
-        env = handle.read().replace("MEMORY_DB=", "\n".join(ISSUE_SECRETS) + "\nMEMORY_DB=")
+        env = handle.read().replace("MEMORY_DB=", "\n".join(HARD_SECRETS) + "\nMEMORY_DB=")
     with open(str(host / ".env"), "w") as handle:
         handle.write(env)
     with open(str(host / "docker-compose.yml")) as handle:
         compose = handle.read().replace("      - LOG_LEVEL=info\n", "      - LOG_LEVEL=info\n      - %s\n"
-                                        % "\n      - ".join(s.replace('"', "") for s in ISSUE_SECRETS))
+                                        % "\n      - ".join(s.replace('"', "") for s in HARD_SECRETS))
     with open(str(host / "docker-compose.yml"), "w") as handle:
         handle.write(compose)
     plan = plan_compose_env(str(host / "docker-compose.yml"), follow_env_files=True, rewrite=MAPPING)

@@ -1,7 +1,7 @@
 """compose_env inside the real play (no Docker: zoe_manage_services=false), on a demo host.
 
 - A compose parse error ends the play with the parser's sentence, not Ansible's "One or more items failed" of the
-  looped planning task, and nothing on the host changes (issue 15, item 10).
+  looped planning task, and nothing on the host changes.
 Run: .venv/bin/pytest -q tests/unit/test_compose_env_play.py
 """
 

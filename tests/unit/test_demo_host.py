@@ -98,7 +98,7 @@ def test_auth_users_have_the_columns_zoe_auth_reads_and_zoe_db_lacks(demo):
     assert sorted(set(auth) - set(zoe)) == ["failed_login_attempts", "is_verified", "last_login", "locked_until",
                                             "metadata", "passcode_hash", "role", "settings", "updated_at"]
     assert sorted(set(zoe) - set(auth)) == ["is_admin", "settings_json"]
-    # the declared types drift while the values fit (issue 14's first refusal)
+    # the declared types drift while the values fit (a merge by declared type names would refuse it)
     assert zoe["created_at"][0] == "TIMESTAMP" and auth["created_at"][0] == "TEXT"
 
 
