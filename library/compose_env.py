@@ -217,12 +217,16 @@ changed_keys:
   elements: str
   sample: [DATABASE_PATH, SESSIONS_DB]
 files:
-  description: Every file looked at (the compose file and followed env files) and whether it changed.
+  description:
+    - Every file looked at (the compose file and followed env files) and whether it changed.
+    - C(sha256) is the digest of the bytes the edit was planned on; C(staged_sha256), with O(stage=true), the digest
+      of the staged copy (the validated edit), for installing it later (M(downtime_window) O(downtime_window.install)).
   returned: always
   type: list
   elements: dict
   sample:
-    - {path: /opt/zoe/docker-compose.yml, kind: compose, changed: true, backup_file: null}
+    - {path: /opt/zoe/docker-compose.yml, kind: compose, changed: true, backup_file: null,
+       sha256: 9f2c0d8e4b1a7c6f5e3d2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f10, staged_sha256: null}
 backup_file:
   description: The backup of O(path), when O(backup) made one.
   returned: changed and backup requested
@@ -252,7 +256,8 @@ import base64
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.compose_env import (
-    ComposeEnvError, PlannedFile, check_unchanged, discard_staged, install, stage, staged_ready, validate)
+    ComposeEnvError, PlannedFile, check_unchanged, discard_staged, install, sha256_of, stage, staged_path, staged_ready,
+    validate)
 
 SCOPES = ["environment", "healthcheck", "command", "entrypoint", "volumes", "labels", "env_file", "other", "all"]
 
@@ -303,8 +308,11 @@ def main():
                 discard_staged(files)
     except (ComposeEnvError, OSError) as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__)
+    staged_for = {item.path for item in files if staged_path(item.path) in staged}
     result = dict(changed=changed, staged=staged, validated_with=validated, validation_skipped=skipped,
-                  files=[dict(path=item.path, kind=item.kind, changed=item.changed, backup_file=backups.get(item.path))
+                  files=[dict(path=item.path, kind=item.kind, changed=item.changed, backup_file=backups.get(item.path),
+                              sha256=item.sha256,
+                              staged_sha256=sha256_of(item.after) if item.path in staged_for else None)
                          for item in files])
     if backups.get(files[0].path):
         result["backup_file"] = backups[files[0].path]

@@ -10,15 +10,20 @@ rollback point when it was taken). A kill point is survived when either
 EXPECTED_RECOVERY says which of the two each kill point must take; a kill point that takes the other one fails.
 
 Kill points are the `TASK [` headers of a full run, in order: killing at header N kills the run as task N starts,
-after task N-1 finished. By default the points of SAMPLE run (the run lock, the two preparation steps, one per
-state of the host in the downtime window and one after the restart), plus one kill in the middle of the merge of a larger
-host; ZOE_KILL_SAMPLE=wide adds seven, ZOE_KILL_ALL=1 runs every header (docs/RELIABILITY.md has the counts and
-times measured). Each point's figures go to ZOE_KILL_SUMMARY (default zoe-kill-points.json in the temporary
-directory).
+after task N-1 finished. The downtime window is one task (consolidate's downtime_window module), so its steps are
+kill points of their own: `window <step>` kills the run as soon as the window's journal
+(<backup root>/runs/<snapshot id>.window.json, rewritten at the start and end of each step) shows that step begun,
+and records the step the journal shows after the kill (a step of a few milliseconds, retire or install, may be over
+by then: the kill lands in a later one, which the result names). By default the points of SAMPLE run (the run
+lock, the two preparation steps, every step of the window and one after it), plus one kill in the middle of the
+merge of a larger host; ZOE_KILL_SAMPLE=wide adds more, ZOE_KILL_ALL=1 runs every header and every window step
+(docs/RELIABILITY.md has the counts and times measured). Each point's figures go to ZOE_KILL_SUMMARY (default
+zoe-kill-points.json in the temporary directory).
 
 One host is reused: between kill points it is torn down and rebuilt from the deterministic generator.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -39,27 +44,24 @@ KILL_ALL = os.environ.get("ZOE_KILL_ALL") == "1"
 SUMMARY = os.environ.get("ZOE_KILL_SUMMARY", os.path.join(tempfile.gettempdir(), "zoe-kill-points.json"))
 
 # The sample of the test command: one kill before the lock, at the lock, at the merge prepared and the edits
-# staged before the stop (left behind half-made), and at each step of the downtime window where a different part
-# of the host has changed (services stopped, rollback point written, databases moved, compose rewritten, services
-# starting), and one after the restart. ZOE_KILL_SAMPLE=wide adds more.
+# staged before the stop (left behind half-made), at each step of the downtime window (services stopping, rollback
+# point being written, merge, databases moved, compose files renamed, services starting), and one after the
+# window. ZOE_KILL_SAMPLE=wide adds more.
+WINDOW_TASK = "consolidate : Stop the writers, take the rollback point"
+WINDOW_STEPS = ("stop", "rollback_point", "merge", "retire", "install", "start")
 SAMPLE = (
     "preflight : Take the run lock",
     "prepare : Prepare the merge while the services still run",
     "prepare : Stage the compose and env files",
-    "stop_services : Stop the services that write",
-    "consolidate : Move the merged databases",
-    "consolidate : Point compose and env files",
-    "restart : Start the services again",
+) + tuple("window %s" % step for step in WINDOW_STEPS) + (
     "smoke_test : Log every user in",
 )
 if os.environ.get("ZOE_KILL_SAMPLE") == "wide":
     SAMPLE += (
         "preflight : Audit every SQLite file",
         "backup : Restore-test the live snapshot",
-        "stop_services : Record when the downtime starts",
-        "consolidate : Take the rollback point",
-        "consolidate : Hand over the rollback point",
-        "restart : Record when the downtime ends",
+        "consolidate : Hand over the window",
+        "rewrite : ",
         "report : Write the JSON report",
     )
 
@@ -67,7 +69,6 @@ if os.environ.get("ZOE_KILL_SAMPLE") == "wide":
 # is expected to need rollback.yml instead. None so far.
 EXPECTED_RECOVERY = {}
 
-MERGE_TASK = "consolidate : Merge the fold databases"
 MERGE_SCALE = int(os.environ.get("ZOE_KILL_MERGE_SCALE", "60"))
 
 
@@ -100,13 +101,36 @@ def zoe_counts(host):
             for name in tables}
 
 
-def run_streaming(host, kill_at=None, delay=0.0, extra=()):
-    """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL it and every descendant at header N.
+def window_journal(host):
+    """The newest window journal of the host's backup root, or None."""
+    runs = os.path.join(host.backups, "runs")
+    found = sorted(glob.glob(os.path.join(runs, "*.window.json")), key=os.path.getmtime) if os.path.isdir(runs) else []
+    for path in reversed(found):
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):   # being replaced right now: read the next poll
+            return None
+    return None
 
-    Returns (headers seen, returncode, stdout); run_streaming.times holds each header's time since the start.
+
+def step_begun(journal, step):
+    """True once the window's journal shows `step` in progress or done, or a later step."""
+    if not journal:
+        return False
+    seen = list(journal.get("done") or []) + [journal.get("step")]
+    return any(s in WINDOW_STEPS and WINDOW_STEPS.index(s) >= WINDOW_STEPS.index(step) for s in seen if s)
+
+
+def run_streaming(host, kill_at=None, delay=0.0, extra=(), window_step=None):
+    """Run consolidate.yml, reading its task headers; with kill_at=N, SIGKILL it and every descendant at header N,
+    or, with window_step as well, once the window task (header N) shows that step begun in its journal.
+
+    Returns (headers seen, returncode, stdout); run_streaming.times holds each header's time since the start and
+    run_streaming.journal the window's journal read right after a kill inside it.
     """
     started = time.monotonic()
-    run_streaming.times = []
+    run_streaming.times, run_streaming.journal = [], None
     headers, lines = [], []
     with streamed_playbook(host, "consolidate.yml", *extra, timeout=900) as proc:
         for line in proc.stdout:
@@ -115,9 +139,15 @@ def run_streaming(host, kill_at=None, delay=0.0, extra=()):
                 headers.append(line[len("TASK ["):line.index("]")])
                 run_streaming.times.append(time.monotonic() - started)
                 if kill_at is not None and len(headers) == kill_at:
+                    if window_step:
+                        deadline = time.monotonic() + 300
+                        while not step_begun(window_journal(host), window_step) and time.monotonic() < deadline:
+                            time.sleep(0.002)
                     if delay:
                         time.sleep(delay)
                     kill_tree(proc.pid)
+                    if window_step:
+                        run_streaming.journal = window_journal(host)
                     break
     # the process group may hold module processes that outlive the controller for a moment
     time.sleep(0.5)
@@ -207,13 +237,17 @@ def expected_recovery(header):
     return "rerun"
 
 
-def kill_and_recover(host, counts, index, header, delay=0.0):
+def kill_and_recover(host, counts, index, header, delay=0.0, window_step=None):
     runs = os.path.join(host.backups, "runs")
     runs_before = set(os.listdir(runs)) if os.path.isdir(runs) else set()
     started = time.monotonic()
-    seen, code, out = run_streaming(host, kill_at=index, delay=delay)
+    seen, code, out = run_streaming(host, kill_at=index, delay=delay, window_step=window_step)
     assert len(seen) == index, "the run did not reach kill point %d %r: %s" % (index, header, out[-2000:])
     header = seen[-1]   # the play's own name for the task it was killed at
+    if window_step:
+        journal = run_streaming.journal or {}
+        header = "window %s (killed in %s, done: %s)" % (window_step, journal.get("step"),
+                                                         ", ".join(journal.get("done") or []) or "none")
     recovery, problems, detail = recover(host, counts, runs_before)
     expected = expected_recovery(header)
     if recovery != expected:
@@ -227,12 +261,19 @@ def kill_and_recover(host, counts, index, header, delay=0.0):
 
 
 def kill_points(headers):
-    only = os.environ.get("ZOE_KILL_ONLY")   # debugging: task-name prefixes separated by '|'
+    """[(header index, window step or None)]: the task headers to kill at, and the window's steps."""
+    window = next((i for i, name in enumerate(headers, 1) if name.startswith(WINDOW_TASK)), None)
+    assert window, "no window task among the headers: %s" % headers
+    steps = [(window, step) for step in WINDOW_STEPS]
+    only = os.environ.get("ZOE_KILL_ONLY")   # debugging: kill point prefixes separated by '|'
     if only:
-        return [i for i, name in enumerate(headers, 1) if any(name.startswith(p) for p in only.split("|"))]
+        wanted = only.split("|")
+        return ([(i, None) for i, name in enumerate(headers, 1) if any(name.startswith(p) for p in wanted)]
+                + [(i, step) for i, step in steps if any(("window %s" % step).startswith(p) for p in wanted)])
     if KILL_ALL:
-        return list(range(1, len(headers) + 1))
-    return [i for i, name in enumerate(headers, 1) if any(name.startswith(prefix) for prefix in SAMPLE)]
+        return [(i, None) for i in range(1, len(headers) + 1)] + steps
+    return ([(i, None) for i, name in enumerate(headers, 1) if any(name.startswith(prefix) for prefix in SAMPLE)]
+            + [(i, step) for i, step in steps if "window %s" % step in SAMPLE])
 
 
 # -- the tests ------------------------------------------------------------------------------------------
@@ -243,8 +284,8 @@ def test_every_kill_point_is_survived(reference):
     assert points and len(points) >= (len(headers) if KILL_ALL else 1 if os.environ.get("ZOE_KILL_ONLY") else len(SAMPLE))
     started = time.monotonic()
     results = []
-    for i in points:
-        results.append(kill_and_recover(host, counts, i, headers[i - 1]))
+    for i, step in points:
+        results.append(kill_and_recover(host, counts, i, headers[i - 1], window_step=step))
         write_summary(host, headers, results, started)
     failed = [r for r in results if r["problems"]]
     assert not failed, "%d of %d kill points not survived:\n%s" % (
@@ -278,14 +319,23 @@ def test_a_kill_in_the_middle_of_the_merge_is_survived(merge_host):
     headers, code, out = run_streaming(host, extra=unprepared)
     assert code == 0, out[-5000:]
     counts = zoe_counts(host)
-    index = headers.index(next(h for h in headers if h.startswith(MERGE_TASK))) + 1
-    merge_seconds = run_streaming.times[index] - run_streaming.times[index - 1]
+    index = headers.index(next(h for h in headers if h.startswith(WINDOW_TASK))) + 1
+    merge_seconds = next(s["seconds"] for s in window_journal_steps(host) if s["step"] == "merge")
     assert merge_seconds > 1.0, "the merge took %.2f s: raise ZOE_KILL_MERGE_SCALE" % merge_seconds
     rebuild(host)
-    seen, code, out = run_streaming(host, kill_at=index, delay=0.3, extra=unprepared)
+    seen, code, out = run_streaming(host, kill_at=index, delay=0.3, extra=unprepared, window_step="merge")
     assert len(seen) == index
+    assert run_streaming.journal["step"] == "merge", run_streaming.journal
     assert host.data_files() != ["memory.db", "zoe.db"], "the databases were retired before the kill"
     assert not host.query("zoe.db", "SELECT name FROM sqlite_master WHERE name = '_zoe_merge_ledger'"), \
         "the merge was written before the kill"
     recovery, problems, detail = recover(host, counts, runs_before)
     assert recovery == "rerun" and not problems, (recovery, problems, detail)
+
+
+def window_journal_steps(host):
+    """The steps (with their seconds) of the last complete window, from the newest JSON report of the host."""
+    reports = sorted(glob.glob(os.path.join(host.reports, "*.json")), key=os.path.getmtime)
+    reports = [p for p in reports if not p.endswith(".plan.json")]
+    with open(reports[-1]) as handle:
+        return json.load(handle)["window"]["steps"]

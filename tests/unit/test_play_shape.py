@@ -12,8 +12,11 @@ ROLES = sorted(os.path.basename(p) for p in glob.glob(os.path.join(REPO, "roles"
 INCLUDES = ("ansible.builtin.include_role", "ansible.builtin.import_role")
 
 # The order of the run: the phases that change the host, then the failure paths, then what runs always.
-PHASES = ["preflight", "backup", "prepare", "stop_services", "consolidate", "restart", "rewrite", "smoke_test"]
-ON_FAILURE = ["restart", "rollback"]
+# consolidate is the downtime window (stop, rollback point, merge, retire, compose and env files, start) in one
+# module call; on a failure before its rollback point it starts again what it stopped, so the play's only failure
+# path is the rollback.
+PHASES = ["preflight", "backup", "prepare", "consolidate", "rewrite", "smoke_test"]
+ON_FAILURE = ["rollback"]
 ALWAYS = ["cleanup", "report"]
 
 
