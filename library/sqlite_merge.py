@@ -248,24 +248,8 @@ conflicts:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.sqlite_merge import (CLASH_POLICY_CHOICES, DEFAULT_CONFLICTS_TABLE, DEFAULT_LEDGER_TABLE,
-                                               ON_CONFLICT_CHOICES, MergeError, apply_merge, plan_merge)
-from ansible.module_utils.sqlite_merge_prepare import plan_prepare, plan_prepared, store_prepared, write_prepared
-
-
-def plan_call(target, sources, prepare, prepared_dir, options):
-    """The plan of this call: (plan, apply, prepared, show_diff). `apply()` writes the plan and returns the module
-    result; `prepared` holds RV(prepared) (and RV(prepared_reason)) when nothing is applied."""
-    if prepared_dir and prepare:
-        plan = plan_prepare(target, sources, prepared_dir, **options)
-        return plan, lambda: dict(store_prepared(plan), prepared="stored"), {"prepared": "none"}, False
-    prepared = {"prepared": "none"}
-    if prepared_dir:
-        plan, reason = plan_prepared(target, sources, prepared_dir, **options)
-        if plan is not None:
-            return plan, lambda: dict(write_prepared(plan), prepared="used"), prepared, True
-        prepared = {"prepared": "stale", "prepared_reason": reason}
-    plan = plan_merge(target, sources, **options)
-    return plan, lambda: dict(apply_merge(plan), **prepared), prepared, True
+                                               ON_CONFLICT_CHOICES, MergeError)
+from ansible.module_utils.sqlite_merge_prepare import plan_call
 
 
 def run(module):

@@ -36,7 +36,7 @@ from ansible.module_utils.sqlite_merge_schema import (  # noqa: F401  (the publi
     UnsupportedTableError, VerificationError, affinity, rename_create, rewrite_references)
 from ansible.module_utils.sqlite_merge_files import (  # noqa: F401  (file_digest, writer_holds_lock: public too)
     _SourcePipeline, _check_integrity, _refuse_target_as_source, _stat_key, _translate, _validate_target, file_digest,
-    writer_holds_lock)
+    file_digests, writer_holds_lock)
 from ansible.module_utils.sqlite_merge_verify import _Verification, _fk_counts
 from ansible.module_utils.sqlite_merge_engine import _Engine
 
@@ -56,7 +56,9 @@ class MergePlan:
     def __init__(self, target, options):
         self.target = target
         self.options = options
-        self.sources = []          # accounting per source (status merged / already_merged / retired)
+        # accounting per source (status merged / already_merged / retired); a present source's entry also has its
+        # per-file digests ("files", file_digests) for the basis of a prepared merge
+        self.sources = []
         self.changed = False
         self.workdir = None
         self.merged_copy = None
@@ -103,9 +105,12 @@ class MergePlan:
         """Machine-readable accounting for the module result: no secret values (conflicts are masked).
 
         Waits for the result checks first, so no caller (check mode included) gets an accounting that failed them.
+        The per-file digests ("files") stay out: the module's documented result has the combined digest, and
+        zoe_plan compares a plan's sources with a run's field by field.
         """
         self.verified()
-        return {"target": self.target, "sources": self.sources, "totals": self.totals(),
+        sources = [{k: v for k, v in src.items() if k != "files"} for src in self.sources]
+        return {"target": self.target, "sources": sources, "totals": self.totals(),
                 "schema_changes": self.schema_changes, "conflicts": self.conflict_samples,
                 "plan": plan_lines(self.sources)}
 
@@ -201,9 +206,10 @@ def plan_merge(target, sources, **options):
     target = os.path.realpath(target)
     _validate_target(target)
     plan = MergePlan(target, opts)
-    # digest_target: sha256 of the bytes the target copy was taken from (sqlite_merge_prepare compares it with
-    # the target as it is in the downtime window before it writes a merge prepared before the stop).
-    plan.target_digest = None
+    # digest_target: sha256 of the bytes the target copy was taken from, combined and per file (file_digests;
+    # sqlite_merge_prepare compares them with the target as it is in the downtime window before it writes a merge
+    # prepared before the stop).
+    plan.target_digest, plan.target_files = None, None
     plan.digest_target = digest_target
     plan.workdir = tempfile.mkdtemp(prefix="zoe-merge-", dir=opts.workdir)
     os.chmod(plan.workdir, 0o700)
@@ -220,7 +226,7 @@ def _plan_into(plan, target, sources, opts):
     try:
         plan.merged_copy = consistent_copy(target, workdir=plan.workdir)
         if plan.digest_target:
-            plan.target_digest = file_digest([plan.merged_copy, plan.merged_copy + "-wal"])
+            plan.target_digest, plan.target_files = file_digests(plan.merged_copy)
     except OSError as exc:
         raise _translate(exc, target)
     conn = sqlite3.connect(plan.merged_copy, isolation_level=None)
@@ -271,14 +277,15 @@ def _merge_present(plan, conn, present, merged_pairs, opts):
     merged, engine = [], None
     try:
         for i, path in enumerate(present):
-            copy, digest = pipeline.copy_of(i)
+            copy, digest, files = pipeline.copy_of(i)
             if (path, digest) in merged_pairs:
-                plan.sources.append({"path": path, "digest": digest, "status": "already_merged", "tables": []})
+                plan.sources.append({"path": path, "digest": digest, "files": files, "status": "already_merged",
+                                     "tables": []})
                 pipeline.release(i)
                 continue
             if engine is None:
                 engine = _start_engine(plan, conn, opts)
-            merged.append(engine.merge_source(path, copy, digest))
+            merged.append(dict(engine.merge_source(path, copy, digest), files=files))
             pipeline.release(i)
         pipeline.wait_checked()
     except BaseException as exc:

@@ -20,15 +20,50 @@ from ansible.module_utils.sqlite_merge_schema import (CorruptDatabaseError, Data
                                                       SourceIsTargetError, TargetNotWritableError)
 
 
-def file_digest(paths):
-    """sha256 over the bytes of a database copy and its -wal: the identity of a source's content."""
-    digest = hashlib.sha256()
+def _read_into(path, digests):
+    """Feed the bytes of `path` to every hash in `digests`, in one read pass."""
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            for digest in digests:
+                digest.update(block)
+
+
+def file_digest(paths, files=None):
+    """sha256 over the bytes of a database copy and its -wal: the identity of a source's content.
+
+    files: a dict that also gets each path's own sha256 (None when it does not exist), from the same read. The
+    first file's own digest is the combined one's state after it (hashlib copy()): only later files are hashed twice.
+    """
+    digest, fed = hashlib.sha256(), False
     for path in paths:
+        own = None
         if os.path.exists(path):
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
+            if files is None:
+                _read_into(path, [digest])
+            elif not fed:
+                _read_into(path, [digest])
+                own = digest.copy().hexdigest()
+            else:
+                alone = hashlib.sha256()
+                _read_into(path, [digest, alone])
+                own = alone.hexdigest()
+            fed = True
+        if files is not None:
+            files[path] = own
     return digest.hexdigest()
+
+
+def file_digests(path):
+    """(combined, files) of a database and its -wal, read once.
+
+    combined is file_digest([path, path + "-wal"]) itself, the digest the merge ledger stores and reruns compare.
+    files is {"": sha256 of the database, "-wal": sha256 of the -wal, None when there is none}: a caller that
+    holds per-file digests of the same files (a rollback point's manifest) compares them without reading the
+    files again.
+    """
+    own = {}
+    combined = file_digest([path, path + "-wal"], own)
+    return combined, {"": own[path], "-wal": own[path + "-wal"]}
 
 
 def _lock_probe(path, offset):
@@ -125,7 +160,10 @@ def _refuse_target_as_source(path, target):
 
 
 def _copy_source(path, workdir):
-    """Lock probe, then the source's private copy and its digest. Raises the named error for the file."""
+    """Lock probe, then the source's private copy, its combined digest and its per-file digests (file_digests).
+
+    Returns (copy, digest, files). Raises the named error for the file.
+    """
     if writer_holds_lock(path):
         raise DatabaseLockedError("%s: source is locked by a writer (or has a hot journal); stop its service"
                                   % path)
@@ -135,8 +173,8 @@ def _copy_source(path, workdir):
         raise NotADatabaseError(str(exc))
     except OSError as exc:
         raise _translate(exc, path)
-    digest = file_digest([copy, copy + "-wal"])
-    return copy, digest
+    digest, files = file_digests(copy)
+    return copy, digest, files
 
 
 def _check_source(path, copy):
@@ -171,11 +209,12 @@ class _SourcePipeline:
             self.checked.append(self.executor.submit(self._check, i))
 
     def _check(self, i):
-        copy, _ = self.copied[i].result()
+        copy = self.copied[i].result()[0]
         _check_source(self.paths[i], copy)
 
     def copy_of(self, i):
-        """(copy path, digest) of source i, once copied; raises the first error a sequential run would raise."""
+        """(copy path, digest, files) of source i (_copy_source), once copied; raises the first error a sequential
+        run would raise."""
         try:
             return self.copied[i].result()
         except Exception:
@@ -183,7 +222,7 @@ class _SourcePipeline:
 
     def release(self, i):
         """The merge is done with source i: remove its copy once its check is done too (keeps disk use flat)."""
-        copy, _ = self.copied[i].result()
+        copy = self.copied[i].result()[0]
         self.checked[i].add_done_callback(lambda _: shutil.rmtree(os.path.dirname(copy), ignore_errors=True))
 
     def wait_checked(self):

@@ -8,14 +8,18 @@ verify). The Zoe play can compute it while the services still run and, once they
 result in one step, provided the result is exactly what a merge in the window would produce:
 
 - prepare_merge() runs plan_merge() (private copies, full verification) and keeps the merged copy and a basis:
-  the sha256 of the bytes each source copy and the target copy were taken from (a database and its -wal),
-  the options and source list, and the accounting. Nothing is written to the target or the sources.
+  the sha256 of the bytes each source copy and the target copy were taken from (a database and its -wal, as
+  one digest and per file), the options and source list, and the accounting. Nothing is written to the target
+  or the sources.
 - apply_prepared() (with the writers stopped) hashes the target and every source again, and the kept copy.
-  Equal digests mean the files hold the very bytes the prepared merge read, so its result is the result a
-  merge now would compute: it is written into the target with the online backup API (one transaction, as
-  apply_merge does). Any difference (a writer committed after the preparation, a checkpoint folded a -wal,
-  other options, a damaged copy) makes the prepared merge stale: the caller merges from scratch, so the
-  preparation can make the window shorter but never changes what is written.
+  A caller that has just hashed the files itself (the rollback point taken in the same window) hands those
+  per-file digests over (`known`), and one that checked the kept copy before the stop (check_prepared_copy)
+  says so (`copy_checked`): each byte is then hashed once in the window. Equal digests mean the files hold the
+  very bytes the prepared merge read, so its result is the result a merge now would compute: it is written into
+  the target with the online backup API (one transaction, as apply_merge does). Any difference (a writer
+  committed after the preparation, a checkpoint folded a -wal, other options, a damaged copy) makes the prepared
+  merge stale: the caller merges from scratch, so the preparation can make the window shorter but never changes
+  what is written.
 
 The prepared directory holds the merged copy with password hashes and tokens: it is 0700, its files 0600,
 and it is removed once used or found stale.
@@ -29,12 +33,16 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible.module_utils.sqlite_merge import (MergeError, TargetChangedError, _stat_key, _validate_target, backup_into,
-                                               file_digest, plan_merge)
+from ansible.module_utils.sqlite_merge import (MergeError, TargetChangedError, _stat_key, _validate_target, apply_merge,
+                                               backup_into, file_digest, plan_merge)
 
 BASIS_NAME = "basis.json"
 COPY_NAME = "merged.db"
-BASIS_VERSION = 1
+# 2: per-file digests (target_files, sources[].files) beside the combined ones. A basis of another version is
+# unreadable: the prepared merge is stale and the merge runs from scratch.
+BASIS_VERSION = 2
+SUFFIXES = ("", "-wal")
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 
 
 class PreparedDirError(MergeError):
@@ -103,7 +111,9 @@ def store_prepared(plan):
         "version": BASIS_VERSION,
         "target": plan.target,
         "target_digest": plan.target_digest,
-        "sources": [{"path": s["path"], "status": s["status"], "digest": s.get("digest")} for s in plan.sources],
+        "target_files": plan.target_files,
+        "sources": [{"path": s["path"], "status": s["status"], "digest": s.get("digest"), "files": s.get("files")}
+                    for s in plan.sources],
         "options_digest": plan.prepared["options_digest"],
         "copy_digest": file_digest([copy, copy + "-wal"]),
         "result": result,
@@ -142,8 +152,59 @@ def _load_basis(prepared_dir):
     return basis if isinstance(basis, dict) and basis.get("version") == BASIS_VERSION else None
 
 
-def exact_basis(prepared_dir, target, sources, options):
-    """(basis, None) when the prepared merge in prepared_dir matches the files exactly, else (None, why not)."""
+def _normal_known(known):
+    """`known` keyed by real path (os.path.realpath): the caller's paths and the basis's may name the same file
+    through a symlinked directory (the target is recorded by its real path, the sources as given, abspath).
+    Keys that are not absolute paths are left out: they name no file for certain."""
+    return {os.path.realpath(path): digest for path, digest in (known or {}).items() if os.path.isabs(path)}
+
+
+def _known_files(path, known):
+    """{suffix: digest or None} of a database and its -wal when `known` covers both, else None."""
+    names = {suffix: os.path.realpath(path + suffix) for suffix in SUFFIXES}
+    if not all(name in known for name in names.values()):
+        return None
+    return {suffix: known[name] for suffix, name in names.items()}
+
+
+def _same(suffix, then, now):
+    """Equal per-file digests. An empty -wal and no -wal hold the same content (the combined digest does not tell
+    them apart either), so equal per-file digests always mean an equal combined digest."""
+    if suffix == "-wal":
+        then, now = (None if d == EMPTY_DIGEST else d for d in (then, now))
+    return then == now
+
+
+def _file_change(name, then, now):
+    """Why a file differs from the preparation's, in words."""
+    if then is None:
+        return "%s exists now and did not when the merge was prepared" % name
+    if now is None:
+        return "%s is gone since the merge was prepared" % name
+    return "%s changed since the merge was prepared" % name
+
+
+def _compare_known(name, path, files, known):
+    """(covered, reason): whether `known` covers the database at `path` and its -wal (then no file is read), and
+    why they differ from the basis's per-file digests `files`, None when they do not."""
+    now = _known_files(path, known) if files else None
+    if now is None:
+        return False, None
+    for suffix in SUFFIXES:
+        if not _same(suffix, files.get(suffix), now[suffix]):
+            label = path + suffix if name == path else "%s %s" % (name, path + suffix)
+            return True, _file_change(label, files.get(suffix), now[suffix])
+    return True, None
+
+
+def exact_basis(prepared_dir, target, sources, options, known=None, copy_checked=False):
+    """(basis, None) when the prepared merge in prepared_dir matches the files exactly, else (None, why not).
+
+    known: {absolute path: sha256 hex, or None for "known absent"} of files the caller has just hashed with the
+    writers stopped, over the files' own bytes (the rollback point of the same window, taken as a byte copy).
+    A database whose path and "-wal" path are both in it is compared per file and not read; any other is hashed.
+    copy_checked: the caller checked the kept copy (check_prepared_copy) and it passed; it is not hashed again.
+    """
     if not prepared_dir or not os.path.isdir(prepared_dir):
         return None, "no prepared merge"
     basis = _load_basis(prepared_dir)
@@ -151,21 +212,51 @@ def exact_basis(prepared_dir, target, sources, options):
         return None, "no readable basis"
     if basis["options_digest"] != options_digest(target, sources, options):
         return None, "the target, sources or options differ from the preparation's"
-    checks = [("the target", target, basis["target_digest"]),
-              ("the prepared copy", os.path.join(prepared_dir, COPY_NAME), basis["copy_digest"])]
+    copy = os.path.join(prepared_dir, COPY_NAME)
+    checks = [("the target", target, basis["target_digest"], basis.get("target_files"))]
+    if not copy_checked:
+        checks.append(("the prepared copy", copy, basis["copy_digest"], None))
+    elif not os.path.isfile(copy):
+        return None, "the prepared copy is gone"  # never a backup from a file that is not there
     for src in basis["sources"]:
         if src["status"] == "retired":
             if os.path.exists(src["path"]):
                 return None, "%s was retired at preparation and exists now" % src["path"]
         else:
-            checks.append((src["path"], src["path"], src["digest"]))
+            checks.append((src["path"], src["path"], src["digest"], src.get("files")))
+    known = _normal_known(known)
+    to_hash = []
+    for check in checks:
+        covered, reason = _compare_known(check[0], check[1], check[3], known)
+        if reason is not None:
+            return None, reason
+        if not covered:
+            to_hash.append(check)
     # sha256 releases the GIL: two files at a time, as long as the window is short.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = list(pool.map(lambda check: file_digest([check[1], check[1] + "-wal"]), checks))
-    for (name, _, expected), actual in zip(checks, digests):
+        digests = list(pool.map(lambda check: file_digest([check[1], check[1] + "-wal"]), to_hash))
+    for (name, _, expected, _), actual in zip(to_hash, digests):
         if expected is None or actual != expected:
             return None, "%s changed since the merge was prepared" % name
     return basis, None
+
+
+def check_prepared_copy(prepared_dir):
+    """None when the kept copy in prepared_dir holds the bytes its basis recorded, else why not.
+
+    The copy is private to the run (a 0700 directory), so a caller can check it before the services stop and
+    pass copy_checked=True in the window. On a reason, plan without copy_checked: the prepared merge is then found
+    stale, removed, and the reason reported.
+    """
+    if not prepared_dir or not os.path.isdir(prepared_dir):
+        return "no prepared merge"
+    basis = _load_basis(prepared_dir)
+    if basis is None:
+        return "no readable basis"
+    copy = os.path.join(prepared_dir, COPY_NAME)
+    if file_digest([copy, copy + "-wal"]) != basis["copy_digest"]:
+        return "the prepared copy changed since the merge was prepared"
+    return None
 
 
 class PreparedPlan:
@@ -193,14 +284,16 @@ class PreparedPlan:
         self.close()
 
 
-def plan_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
+def plan_prepared(target, sources, prepared_dir, lock_timeout=5.0, known=None, copy_checked=False, **options):
     """(PreparedPlan, None) when the prepared merge in prepared_dir is still exact, else (None, why not); a stale
-    prepared directory is removed (the caller merges from scratch). The target is not written."""
+    prepared directory is removed (the caller merges from scratch). The target is not written.
+
+    known, copy_checked: digests the caller already has (exact_basis)."""
     options["lock_timeout"] = lock_timeout
     target = os.path.realpath(target)
     _validate_target(target)
     before = _stat_key(target)
-    basis, reason = exact_basis(prepared_dir, target, sources, options)
+    basis, reason = exact_basis(prepared_dir, target, sources, options, known=known, copy_checked=copy_checked)
     if basis is None:
         discard_prepared(prepared_dir)
         return None, reason
@@ -216,16 +309,40 @@ def write_prepared(plan):
     return plan.result()
 
 
-def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, **options):
+def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, known=None, copy_checked=False, **options):
     """Write the prepared merge into the target if it is still exact; return (result, diff) or (None, reason).
 
     The prepared directory is removed in both cases; the caller merges from scratch on (None, reason).
+    known, copy_checked: digests the caller already has (exact_basis).
     """
-    plan, reason = plan_prepared(target, sources, prepared_dir, lock_timeout, **options)
+    plan, reason = plan_prepared(target, sources, prepared_dir, lock_timeout, known=known, copy_checked=copy_checked,
+                                 **options)
     if plan is None:
         return None, reason
     return write_prepared(plan), plan.diff()
 
 
-__all__ = ["PreparedDirError", "PreparedPlan", "apply_prepared", "discard_prepared", "exact_basis", "options_digest",
-           "plan_prepare", "plan_prepared", "prepare_merge", "store_prepared", "write_prepared"]
+def plan_call(target, sources, prepare, prepared_dir, options, known=None, copy_checked=False):
+    """The plan of a sqlite_merge call: (plan, apply, prepared, show_diff). `apply()` writes the plan and returns the
+    module result; `prepared` holds RV(prepared) (and RV(prepared_reason)) when nothing is applied.
+
+    With prepare, the merge is planned into prepared_dir and apply() keeps it; else a prepared merge found in
+    prepared_dir is used if still exact (known, copy_checked: see exact_basis), and the merge is planned from
+    scratch otherwise. Shared by the sqlite_merge module and the modules that run it inside their own task.
+    """
+    if prepared_dir and prepare:
+        plan = plan_prepare(target, sources, prepared_dir, **options)
+        return plan, lambda: dict(store_prepared(plan), prepared="stored"), {"prepared": "none"}, False
+    prepared = {"prepared": "none"}
+    if prepared_dir:
+        plan, reason = plan_prepared(target, sources, prepared_dir, known=known, copy_checked=copy_checked, **options)
+        if plan is not None:
+            return plan, lambda: dict(write_prepared(plan), prepared="used"), prepared, True
+        prepared = {"prepared": "stale", "prepared_reason": reason}
+    plan = plan_merge(target, sources, **options)
+    return plan, lambda: dict(apply_merge(plan), **prepared), prepared, True
+
+
+__all__ = ["PreparedDirError", "PreparedPlan", "apply_prepared", "check_prepared_copy", "discard_prepared",
+           "exact_basis", "options_digest", "plan_call", "plan_prepare", "plan_prepared", "prepare_merge",
+           "store_prepared", "write_prepared"]
