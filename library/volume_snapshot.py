@@ -18,6 +18,13 @@ description:
     size is checked against the bytes written, and the source is stat'ed again after the copy so a file
     that changed under the copy is caught. The snapshot is written as C(.<id>.partial) and renamed when
     complete, so a failure (including too little free space, checked before writing) leaves nothing.
+  - With O(base), V(present) hard-links from that earlier snapshot every file it would byte-copy whose live
+    bytes hash to the sha256 the base's manifest records for the same source path and size (one read of the
+    file, no write, no fsync of its data), and copies the rest; the manifest marks linked files with
+    C(linked_from). Equal digests mean the stored bytes are the live bytes, so a torn or stale base copy is
+    simply copied afresh; a stored file damaged after its manifest was written is refused by every restore,
+    which hashes the staged bytes against the manifest before replacing any live file. Removing either
+    snapshot leaves the other whole (a prune unlinks names).
   - SQLite databases, O(sqlite_mode=copy) (the rollback point, taken with no writer active) copies the
     database and its C(-wal) and C(-shm) byte for byte and fails if any file changes during the copy.
     O(sqlite_mode=backup_api) (a live snapshot) copies every database through SQLite's online backup API
@@ -100,6 +107,19 @@ options:
   label:
     description: Free text stored in the manifest (for example the run id).
     type: str
+  base:
+    description:
+      - With V(present) only (any other state fails), the id of an earlier complete snapshot under O(backup_root)
+        whose stored copies are hard-linked for the files whose live bytes they hold, instead of copying them
+        again (for example the rollback point taken in the downtime, based on the verified live snapshot
+        taken minutes before).
+      - A file is linked when the base's manifest has a file entry for the same absolute source path with the
+        live file's size and a sha256 equal to the live file's; anything else, or a link that fails (another
+        filesystem, too many links), is copied. With O(sqlite_mode=backup_api) or O(sqlite_mode=read_lock)
+        only files byte-copied (not the databases) can be linked.
+      - Refused when it is not a valid id, is O(snapshot) itself, or names no complete snapshot with a valid
+        manifest; existence is checked only when a snapshot is taken (not when O(snapshot) already exists).
+    type: str
   exclude:
     description:
       - Path globs left out of the snapshot, matched against the path relative to its root with C(/) between
@@ -152,7 +172,16 @@ EXAMPLES = r"""
     paths: [/srv/zoe/data]
     volumes: [zoe_mem_agent]
     backup_root: /srv/zoe-backups
-    sqlite_mode: backup_api
+    sqlite_mode: read_lock
+  register: backup_register_live
+
+- name: Take the rollback point, linking the files the verified live snapshot already holds
+  volume_snapshot:
+    paths:
+      - /srv/zoe/data
+      - /srv/zoe/docker-compose.yml
+    backup_root: /srv/zoe-backups
+    base: "{{ backup_register_live.snapshot_id }}"
 
 - name: Re-read the snapshot and check every database
   volume_snapshot:
@@ -232,6 +261,22 @@ changed_during_copy:
   type: list
   elements: str
   sample: []
+linked:
+  description: Files hard-linked from O(base) instead of copied (0 without O(base)); null in check mode and when
+    O(snapshot) already existed (nothing written; how much matches is only known once the files are hashed).
+  returned: when state is present
+  type: int
+  sample: 40
+linked_bytes:
+  description: Bytes of the files hard-linked from O(base); null when RV(linked) is.
+  returned: when state is present
+  type: int
+  sample: 419430400
+copied_bytes:
+  description: Bytes copied into the snapshot (RV(bytes) minus RV(linked_bytes)); null when RV(linked) is.
+  returned: when state is present
+  type: int
+  sample: 20480
 verified:
   description: Whether the verification described under O(verify) (or V(verified)) ran and passed.
   returned: when something was written, or state is verified
@@ -293,14 +338,15 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.volume_snapshot import (
     LockedError, ManifestError, NoSpaceError, SnapshotError, SnapshotNotFoundError, SourceChangedError,
-    SourceError, VerifyError, VolumeError, apply_prune, apply_restore, apply_snapshot, plan_prune, plan_restore,
-    plan_snapshot, plan_verify, resolve_volume)
+    SourceError, UnusableBaseError, VerifyError, VolumeError, apply_prune, apply_restore, apply_snapshot, plan_prune,
+    plan_restore, plan_snapshot, plan_verify, resolve_volume)
 
 FAILURES = (
     (NoSpaceError, "not enough free space"),
     (ManifestError, "unsafe or damaged manifest"),
     (VerifyError, "verification failed"),
     (SourceChangedError, "a source changed during the snapshot"),
+    (UnusableBaseError, "unusable base snapshot"),
     (SnapshotNotFoundError, "snapshot not found"),
     (VolumeError, "docker volume not resolved"),
     (LockedError, "snapshot in use"),
@@ -314,11 +360,13 @@ def run(module):
     p = module.params
     state = p["state"]
     allowed = None
+    if p["base"] is not None and state != "present":
+        raise UnusableBaseError("O(base) only applies to O(state=present), not O(state=%s)" % state)
     if state == "present":
         if not (p["paths"] or p["volumes"]):
             raise SourceError("O(state=present) needs O(paths) or O(volumes)")
         plan = plan_snapshot(p["backup_root"], p["paths"], p["volumes"], p["snapshot"], p["sqlite_mode"],
-                             p["exclude"], p["label"], p["docker_cli"])
+                             p["exclude"], p["label"], p["docker_cli"], p["base"])
         apply = lambda: apply_snapshot(plan, fsync=p["fsync"], verify=p["verify"])  # noqa: E731
     elif state == "restored":
         if p["paths"] or p["volumes"]:
@@ -356,6 +404,7 @@ def main():
             keep=dict(type="int", default=3),
             sqlite_mode=dict(type="str", default="copy", choices=["copy", "backup_api", "read_lock"]),
             label=dict(type="str"),
+            base=dict(type="str"),
             exclude=dict(type="list", elements="str", default=[]),
             verify=dict(type="bool", default=True),
             checksum=dict(type="bool", default=True),

@@ -19,6 +19,9 @@ What "verified" means, honestly:
   count, and the source is stat'ed again after the copy to detect a writer (a torn copy). Reading
   the snapshot back right away would only read the page cache, so it would prove nothing more
   about the disk; that re-read is state=verified, run later.
+- present, with a base: a file whose live bytes hash to the sha256 an earlier snapshot stored for the same
+  source path is hard-linked from that snapshot instead of copied (manifest `linked_from`); why that is
+  sound: volume_snapshot_base.py.
 - present, live: sqlite_mode=backup_api copies each database through SQLite's online backup API and
   hashes the finished copy (the backup rewrites page 1 last, so it cannot be hashed while written);
   sqlite_mode=read_lock copies the database file and its -wal byte for byte, hashed while copied,
@@ -37,7 +40,8 @@ What "verified" means, honestly:
 This file holds the four states' plan/apply entry points and re-exports the public names; the parts:
 volume_snapshot_common.py (constants, errors, Plan, ids), volume_snapshot_copy.py (copy primitives),
 volume_snapshot_scan.py (roots, scanning, exclude), volume_snapshot_manifest.py (manifest storage and
-safety, the check of stored copies), volume_snapshot_restore.py (the steps of a restore).
+safety, the check of stored copies), volume_snapshot_base.py (linking from a base), volume_snapshot_restore.py
+(the steps of a restore).
 """
 from __future__ import annotations
 
@@ -50,8 +54,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.volume_snapshot_common import (  # noqa: F401 (re-exported)
     BLOCK, FILES_DIR, FORMAT, LOCK_NAMES, MANIFEST, STAGING_PREFIX, LockedError, ManifestError, NoSpaceError, Plan,
-    SnapshotError, SnapshotNotFoundError, SourceChangedError, SourceError, VerifyError, VolumeError, _blocks,
-    _workers, check_snapshot_id, new_snapshot_id)
+    SnapshotError, SnapshotNotFoundError, SourceChangedError, SourceError, UnusableBaseError, VerifyError, VolumeError,
+    _blocks, _workers, check_snapshot_id, new_snapshot_id)
+from ansible.module_utils.volume_snapshot_base import check_base_id, link_from_base, load_base
 from ansible.module_utils.volume_snapshot_copy import (  # noqa: F401 (re-exported)
     _fsync_dir, _fsync_path, _quiet_copy, copy_and_hash, sqlite_backup_and_hash, sqlite_read_lock_copy)
 from ansible.module_utils.volume_snapshot_manifest import (  # noqa: F401 (re-exported)
@@ -73,20 +78,32 @@ SYNC_WORKERS = 4
 
 
 def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_mode="copy", exclude=None,
-                  label=None, docker_cli="docker"):
-    """Scan the sources, check the free space, and say what a snapshot would copy. Writes nothing."""
+                  label=None, docker_cli="docker", base=None):
+    """Scan the sources, check the free space, and say what a snapshot would copy. Writes nothing.
+
+    With `base`, the id of an earlier complete snapshot under backup_root, files whose live bytes it holds
+    are linked from it (volume_snapshot_base.py). The base is refused here, so check mode reports it too;
+    its existence is only checked when a snapshot is to be taken (a rerun naming an existing snapshot does
+    nothing and needs no base). How much is linked is only known once the files are hashed: the plan's
+    `linked`, `linked_bytes` and `copied_bytes` are None.
+    """
     if not os.path.isabs(backup_root):
         raise SourceError("O(backup_root) %s is not an absolute path" % backup_root)
     backup_root = os.path.normpath(backup_root)
     snapshot_id = check_snapshot_id(snapshot) if snapshot else new_snapshot_id()
+    if base is not None:
+        check_base_id(base, snapshot_id)
     target = os.path.join(backup_root, snapshot_id)
+    unknown = dict(linked=None, linked_bytes=None, copied_bytes=None)
     if snapshot and os.path.lexists(target):
         if not os.path.isfile(os.path.join(target, MANIFEST)):
             raise SnapshotError("%s exists but is not a complete snapshot" % target)
         manifest = load_manifest(target)
         result = dict(snapshot_id=snapshot_id, snapshot_path=target, manifest=os.path.join(target, MANIFEST),
                       roots=[root["path"] for root in manifest["roots"]], skipped=0, **manifest["totals"])
+        result.update(unknown)
         return Plan(False, result)
+    base_data = load_base(backup_root, base) if base is not None else None
     roots = resolve_roots(paths, volumes, docker_cli)
     # Compared as real paths: a backup root that is a symlink into a source lies inside it.
     real_backup = os.path.realpath(backup_root)
@@ -110,12 +127,15 @@ def plan_snapshot(backup_root, paths=None, volumes=None, snapshot=None, sqlite_m
     result = dict(snapshot_id=snapshot_id, snapshot_path=target, manifest=os.path.join(target, MANIFEST),
                   roots=[root["path"] for root in roots], skipped=skipped, bytes_needed=needed, bytes_free=free,
                   **totals)
+    result.update(unknown)
     after = "snapshot %s: %d files (%d databases), %d dirs, %d symlinks, %d bytes\n" % (
         snapshot_id, totals["files"], totals["databases"], totals["dirs"], totals["symlinks"], totals["bytes"])
     after += "".join("  from %s\n" % root["path"] for root in roots)
+    if base_data:
+        after += "  unchanged files linked from %s\n" % base
     diff = {"before_header": target, "before": "", "after_header": target, "after": after}
     data = {"backup_root": backup_root, "roots": roots, "entries": entries, "sqlite_mode": sqlite_mode,
-            "exclude": list(exclude or []), "label": label}
+            "exclude": list(exclude or []), "label": label, "base": base_data}
     return Plan(True, result, diff, data)
 
 
@@ -147,17 +167,25 @@ def _copy_live_database(entry, dest, fsync):
     return [], [_wal_entry(entry, *wal)] if wal else []
 
 
-def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None):
+def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None, base=None):
     """Copy one file into the snapshot; returns (warnings (a file changed under a live snapshot), extra entries).
 
     With `sync_later`, a byte copy's fsync is handed to it (the caller waits for every one before it writes the
     manifest) instead of being waited for here: the next file is copied while the disk writes this one back.
+    With `base`, a byte copy is first tried as a link from the base (link_from_base()); a linked file's data was
+    fsynced when the base was taken.
     """
     if entry.get("sqlite") in LIVE_MODES:
         return _copy_live_database(entry, dest, fsync)
-    size, digest = copy_and_hash(entry["path"], dest, fsync and sync_later is None)
-    if fsync and sync_later is not None:
-        sync_later(dest)
+    linked = link_from_base(entry, dest, base) if base else None
+    if linked:
+        size, digest = linked
+        entry["linked_from"] = base["id"]
+    else:
+        size, digest = copy_and_hash(entry["path"], dest, fsync and sync_later is None)
+        if fsync and sync_later is not None:
+            sync_later(dest)
+    # Re-stat the source after it was read (copied, or hashed for a link): a writer moved it meanwhile.
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])
     if moved or size != entry["size"]:
@@ -168,6 +196,14 @@ def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None):
         return [entry["path"]], []
     entry["sha256"] = digest
     return [], []
+
+
+def _link_counts(entries):
+    """`linked`, `linked_bytes` and `copied_bytes` (bytes written into the snapshot) of a snapshot's entries."""
+    files = [e for e in entries if e["type"] == "file"]
+    linked = [e["size"] for e in files if e.get("linked_from")]
+    copied = sum(e["size"] for e in files) - sum(linked)
+    return dict(linked=len(linked), linked_bytes=sum(linked), copied_bytes=copied)
 
 
 def apply_snapshot(plan, fsync=True, verify=True):
@@ -205,7 +241,7 @@ def apply_snapshot(plan, fsync=True, verify=True):
                 syncs.append(sync_pool.submit(_fsync_path, path))
 
             outcomes = list(pool.map(lambda e: _copy_entry(e, stored_path(partial, e), data["sqlite_mode"], fsync,
-                                                           sync_later), files))
+                                                           sync_later, data.get("base")), files))
             for job in syncs:
                 job.result()
         warnings = [w for ws, _extra in outcomes for w in ws]
@@ -230,7 +266,8 @@ def apply_snapshot(plan, fsync=True, verify=True):
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    result.update(manifest["totals"], changed=True, changed_during_copy=warnings, verified=bool(verify))
+    result.update(manifest["totals"], changed=True, changed_during_copy=warnings, verified=bool(verify),
+                  **_link_counts(entries))
     return result
 
 
@@ -437,7 +474,7 @@ def apply_prune(plan):
 
 
 __all__ = ["Plan", "SnapshotError", "SourceError", "VolumeError", "NoSpaceError", "SnapshotNotFoundError",
-           "ManifestError", "VerifyError", "SourceChangedError", "LockedError", "plan_snapshot", "apply_snapshot",
-           "plan_restore", "apply_restore", "plan_verify", "plan_prune", "apply_prune", "copy_and_hash",
-           "sqlite_backup_and_hash", "sqlite_read_lock_copy",
+           "ManifestError", "VerifyError", "SourceChangedError", "LockedError", "UnusableBaseError", "plan_snapshot",
+           "apply_snapshot", "plan_restore", "apply_restore", "plan_verify", "plan_prune", "apply_prune",
+           "copy_and_hash", "sqlite_backup_and_hash", "sqlite_read_lock_copy",
            "resolve_volume", "validate_manifest", "load_manifest", "list_snapshots", "new_snapshot_id"]

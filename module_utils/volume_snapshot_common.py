@@ -64,6 +64,10 @@ class LockedError(SnapshotError):
     """The snapshot is in use by a restore or marked in use."""
 
 
+class UnusableBaseError(SnapshotError):
+    """O(base) names no complete, valid snapshot under the backup root, or the snapshot being taken."""
+
+
 class Plan(object):
     """What a state would do: `changed`, the result accounting, the diff, and private data for apply."""
 

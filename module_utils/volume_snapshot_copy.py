@@ -20,10 +20,12 @@ from ansible.module_utils.volume_snapshot_common import (
 from ansible.module_utils.zoe_sqlite import consistent_copy
 
 
-def _sha256_file(path):
+def hash_file(path):
+    """(bytes read, sha256 of those bytes) of a file, read once without following a symlink."""
     digest = hashlib.sha256()
     buf = bytearray(BUFFER)
     view = memoryview(buf)
+    read = 0
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with open(fd, "rb", buffering=0) as handle:
         while True:
@@ -31,7 +33,12 @@ def _sha256_file(path):
             if not count:
                 break
             digest.update(view[:count])
-    return digest.hexdigest()
+            read += count
+    return read, digest.hexdigest()
+
+
+def _sha256_file(path):
+    return hash_file(path)[1]
 
 
 def _write_all(fd, view):

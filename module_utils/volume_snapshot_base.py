@@ -1,0 +1,84 @@
+# -*- coding: utf-8 -*-
+# O(base) of volume_snapshot state=present: hard-link the files an earlier snapshot already holds.
+# Standard library only: this runs on the managed host with its system python3.
+"""A snapshot taken with a base reuses the base's stored copy of every file whose live bytes it holds.
+
+For a regular file that would be byte-copied, when the base's manifest has a file entry for the same
+absolute source path (matched on `path`: the roots lists of two snapshots may differ) with a sha256 and
+the live file's size, the live file is hashed (one read, no write) and, when the digests are equal, the
+base's stored file is hard-linked into the new snapshot instead of copied. Anything else (another size or
+digest, no entry, no sha256, a link that fails: EXDEV, EMLINK, EPERM, the base pruned meanwhile) falls
+back to the ordinary copy of that one file.
+
+Why a link holds the live bytes:
+- Equal sha256 of the live bytes and of the bytes the base stored means the stored bytes are the live
+  bytes. Whether the base was consistent does not matter: a torn or stale base copy simply hashes
+  differently from the live file and is copied.
+- The digest compared is the base manifest's, not a re-read of the stored file. The base's stored files
+  were re-read against that manifest by its restore test (state=verified) before the writers stopped, and
+  every restore hashes the staged bytes against the manifest before any live file is replaced, so a
+  stored file damaged since is refused at restore, never restored silently.
+- The link needs no fsync of its data: the base fsynced it when it was taken; the new snapshot's
+  directories are fsynced as for a copy. Stored files are never written after they are taken, and a
+  prune unlinks names, so removing either snapshot leaves the other whole.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from ansible.module_utils.volume_snapshot_common import ID_RE, MANIFEST, SnapshotError, UnusableBaseError
+from ansible.module_utils.volume_snapshot_copy import hash_file
+from ansible.module_utils.volume_snapshot_manifest import load_manifest, stored_path, validate_manifest
+
+
+def check_base_id(base, snapshot_id):
+    """Refuse a base id that is not a plain snapshot id, or that is the snapshot being taken. Reads nothing."""
+    if not ID_RE.match(base or ""):
+        raise UnusableBaseError("O(base) %r is not a valid snapshot id: letters, digits, '.', '_', '-', not "
+                                "starting with '.' or '-'" % (base,))
+    if base == snapshot_id:
+        raise UnusableBaseError("O(base) %s is the snapshot being taken; name an earlier snapshot" % base)
+    return base
+
+
+def load_base(backup_root, base):
+    """The base snapshot, as {id, dir, files: {source path: manifest entry}}; refuse one that is not complete.
+
+    Only file entries with a sha256 can be linked from. The manifest is checked against its .sha256 and
+    validated like a restore's, so every stored path derived from it lies inside the base's files/.
+    """
+    base_dir = os.path.join(backup_root, base)
+    if os.path.islink(base_dir) or not os.path.isfile(os.path.join(base_dir, MANIFEST)):
+        raise UnusableBaseError("O(base) %s is not a complete snapshot under %s" % (base, backup_root))
+    try:
+        manifest = validate_manifest(load_manifest(base_dir), base_dir)
+    except SnapshotError as exc:
+        raise UnusableBaseError("O(base) %s has an unusable manifest: %s" % (base, exc))
+    files = {entry["path"]: entry for entry in manifest["entries"]
+             if entry["type"] == "file" and entry.get("sha256")}
+    return {"id": base, "dir": base_dir, "files": files}
+
+
+def link_from_base(entry, dest, base):
+    """Hard-link the base's stored copy of `entry` at dest when it holds the live bytes: (bytes, sha256), or None.
+
+    None (dest not created) when the base has no usable entry, the live bytes differ, or the link fails; the
+    caller then copies. The caller re-stats the source after this, as after a copy.
+    """
+    found = base["files"].get(entry["path"])
+    if found is None or found.get("size") != entry["size"]:
+        return None
+    size, digest = hash_file(entry["path"])
+    if size != found["size"] or digest != found["sha256"]:
+        return None
+    try:
+        os.link(stored_path(base["dir"], found), dest, follow_symlinks=False)
+    except OSError:
+        return None
+    st = os.lstat(dest)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size or stat.S_IMODE(st.st_mode) != 0o600:
+        os.unlink(dest)  # not the stored copy the base's manifest describes: copy instead
+        return None
+    return size, digest
