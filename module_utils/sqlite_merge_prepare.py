@@ -33,8 +33,8 @@ import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-from ansible.module_utils.sqlite_merge import (MergeError, TargetChangedError, _stat_key, _validate_target, apply_merge,
-                                               backup_into, file_digest, plan_merge)
+from ansible.module_utils.sqlite_merge import (MergeError, MergeOptions, TargetChangedError, _stat_key,
+                                               _validate_target, apply_merge, backup_into, file_digest, plan_merge)
 
 BASIS_NAME = "basis.json"
 COPY_NAME = "merged.db"
@@ -49,9 +49,17 @@ class PreparedDirError(MergeError):
     """The prepared directory is unusable: a symlink, not a directory, or inside the data directory."""
 
 
+# The MergeOptions attributes that decide a merge's result (not workdir, lock_timeout: where and how long it waits).
+RESULT_OPTIONS = ("keys", "on_conflict", "newest_column", "table_map", "clash_policy", "references", "secret_columns",
+                  "ledger_table", "conflicts_table", "use_ledger", "pragmas")
+
+
 def options_digest(target, sources, options):
-    """sha256 of what decides a merge's result: target, sources in order, and every option but workdir/lock_timeout."""
-    relevant = {k: v for k, v in sorted(options.items()) if k not in ("workdir", "lock_timeout")}
+    """sha256 of what decides a merge's result: target, sources in order, and the effective value of every option
+    that decides it. Effective values (defaults filled in by MergeOptions): two callers that spell the same merge
+    differently, one naming a default and one leaving it out (sqlite_merge and downtime_window), agree."""
+    effective = MergeOptions(**{k: v for k, v in options.items() if v is not None})
+    relevant = {name: getattr(effective, name) for name in RESULT_OPTIONS}
     blob = json.dumps({"target": os.path.realpath(target), "sources": [os.path.abspath(s) for s in sources],
                        "options": relevant}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
