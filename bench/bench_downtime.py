@@ -15,8 +15,8 @@ any service was down (the union of the services' down intervals; the failures ar
      (the play recreates every writer: each one's environment changes), then the poll goes on until every
      /health answers. Nothing runs in between. Taken `--floors` times, alternating with the play's steps
      (before the play, after the rerun, ...), so the floor and the play see the same machine;
-  2. play: `ansible-playbook consolidate.yml` with profile_tasks: the per-task times of the downtime window
-     (from the first task of the stop to the restart's end of the downtime) are kept;
+  2. play: `ansible-playbook consolidate.yml`; the window is one module call (downtime_window), whose steps and
+     their times (stop, rollback point, merge, retire, install, start) the run's report keeps and this prints;
   3. rerun: consolidate.yml again on the consolidated host: its window must be 0 s and no container may be
      stopped, restarted or recreated (container ids and start times compared before and after).
 
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -44,12 +43,6 @@ sys.path.insert(0, os.path.join(REPO, "tools"))
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 
 from zoe_host import ZoeHost  # noqa: E402
-
-# The downtime window in the profile_tasks recap: from the first task of the role that stops the writers to the
-# task that records the end of the downtime (its name says so, whichever role holds it).
-WINDOW_START = re.compile(r"^stop_services : ")
-WINDOW_END = re.compile(r"downtime ends", re.I)
-
 
 class ServicePoller:
     """GET one /health every `interval` s on its own thread (127.0.0.1 only, at most `limit` s)."""
@@ -226,28 +219,10 @@ def floor(host, names):
     return out
 
 
-def window_tasks(stdout):
-    """[(task, seconds)] of the downtime window from the profile_tasks recap (order of execution)."""
-    recap = stdout[stdout.rfind("TASKS RECAP"):]
-    rows = re.findall(r"^(.+?) -{3,} ([0-9.]+)s\s*$", recap, re.M)
-    inside, out = False, []
-    for name, seconds in rows:
-        name = name.strip()
-        if WINDOW_START.search(name):
-            inside = True
-        if inside:
-            out.append((name, float(seconds)))
-            if WINDOW_END.search(name):
-                break
-    return out
-
-
 def play(host, label, results_dir):
-    env = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_SORT_ORDER": "none",
-           "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "all"}
     before = container_states(host)
     with StackPoller(host.record["ports"], ARGS.interval) as poller:
-        result = host.playbook("consolidate.yml", env=env, timeout=3600)
+        result = host.playbook("consolidate.yml", timeout=3600)
         back = poller.wait_back()
     after = container_states(host)
     with open(os.path.join(results_dir, "%s.log" % label), "w") as handle:
@@ -261,7 +236,9 @@ def play(host, label, results_dir):
     out.update({"wall_s": round(result.seconds, 1), "came_back": back,
                 "play_reported_downtime_s": report.get("downtime_seconds"), "changed": result.recap["changed"],
                 "containers_touched": sorted(s for s in set(before) | set(after) if before.get(s) != after.get(s)),
-                "window_tasks": window_tasks(result.stdout)})
+                "window_steps": [(step["step"], step["seconds"]) for step in report.get("window", {}).get("steps", [])],
+                "rollback_point_files": report.get("window", {}).get("rollback_point_files"),
+                "merge_prepared": report.get("merge", {}).get("prepared")})
     return out
 
 
@@ -342,12 +319,13 @@ def main():
         json.dump({"started": started, "commit": commit, "rows": rows}, handle, indent=2)
     print(table(rows))
     for r in rows:
-        print("\nscale %d (load %s -> %s), the play's downtime window per task (profile_tasks):" % (
+        print("\nscale %d (load %s -> %s), the play's downtime window per step (the report's window.steps):" % (
             r["scale"], r["load"][0], r["load"][-1]))
-        for name, seconds in r["play"]["window_tasks"]:
-            print("  %6.2f s  %s" % (seconds, name))
-        print("  sum %.2f s; floor steps: %s" % (sum(s for _, s in r["play"]["window_tasks"]),
-                                                 [f["steps"] for f in r["floors"]]))
+        for name, seconds in r["play"]["window_steps"]:
+            print("  %6.3f s  %s" % (seconds, name))
+        print("  sum %.2f s; rollback point %s; merge prepared: %s; floor steps: %s" % (
+            sum(s for _, s in r["play"]["window_steps"]), r["play"]["rollback_point_files"],
+            r["play"]["merge_prepared"], [f["steps"] for f in r["floors"]]))
 
 
 ARGS = None

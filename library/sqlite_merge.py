@@ -232,6 +232,14 @@ prepared:
   returned: always
   type: str
   sample: used
+written_by:
+  description:
+    - How a prepared merge was written. V(rename) when its kept copy replaced the target with one rename (a target
+      with one link, the copy on the same filesystem, given the target's owner, mode and extended attributes, the
+      target's -wal folded in first), V(backup) when it was written through SQLite's online backup.
+  returned: when RV(prepared=used)
+  type: str
+  sample: rename
 prepared_reason:
   description: Why a prepared merge was not used (a file changed since the preparation, other options, none found).
   returned: when RV(prepared=stale)

@@ -31,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.sqlite_merge import (MergeError, MergeOptions, TargetChangedError, _stat_key,
@@ -115,6 +117,7 @@ def store_prepared(plan):
         if os.path.exists(plan.merged_copy + suffix):
             os.replace(plan.merged_copy + suffix, copy + suffix)
             os.chmod(copy + suffix, 0o600)
+    _ready_for_rename(copy, plan.target)
     basis = {
         "version": BASIS_VERSION,
         "target": plan.target,
@@ -308,13 +311,105 @@ def plan_prepared(target, sources, prepared_dir, lock_timeout=5.0, known=None, c
     return PreparedPlan(target, prepared_dir, basis, before, lock_timeout), None
 
 
+def _journal_mode_byte(path):
+    """Byte 18 of the database header: 1 rollback journal, 2 WAL (the persistent mode), None when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(20)
+    except OSError:
+        return None
+    return header[18] if len(header) == 20 else None
+
+
+def _fsync(path, flags=os.O_RDONLY):
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ready_for_rename(copy, target):
+    """Make the kept copy a file that can replace the target by one rename: one file (its -wal folded in), in the
+    target's persistent journal mode (a WAL target stays WAL for its services), on disk (fsync). Before the stop."""
+    conn = sqlite3.connect(copy, isolation_level=None)
+    try:
+        if _journal_mode_byte(target) == 2:
+            conn.execute("PRAGMA journal_mode = WAL")
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()   # the last connection of a WAL database checkpoints and removes the -wal
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(copy + suffix) and os.path.getsize(copy + suffix) == 0:
+            os.unlink(copy + suffix)
+    _fsync(copy)
+    _fsync(os.path.dirname(copy), os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _copy_attributes(source, dest):
+    """Give `dest` the owner, mode and extended attributes (SELinux label, ACLs) of `source`; False when one of them
+    cannot be set (the caller then writes into `source` instead of replacing it)."""
+    st = os.lstat(source)
+    try:
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(dest, st.st_uid, st.st_gid)
+        os.chmod(dest, stat.S_IMODE(st.st_mode))
+        names = os.listxattr(source, follow_symlinks=False) if hasattr(os, "listxattr") else []
+        for name in names:
+            os.setxattr(dest, name, os.getxattr(source, name, follow_symlinks=False), follow_symlinks=False)
+    except OSError:
+        return False
+    return True
+
+
+def rename_into_place(copy, target):
+    """Replace the target by the kept copy with one rename, when that is equivalent to writing it: returns True
+    when done, False when the caller must write through SQLite (backup_into) instead.
+
+    Why a rename: the online backup writes every page of the merged database into the target, inside the downtime
+    window, in time that grows with the data (1.6 s for 580 MB here); a rename takes the same time at any size.
+    When it is equivalent: the target is a regular file with one link (no other name would keep the old content),
+    the copy lies on the same filesystem, is one file in the target's journal mode (_ready_for_rename), and takes
+    the target's owner, mode and extended attributes. The writers are stopped, and every container that mounts the
+    data directory or a file in it is recreated or started again afterwards, so each mounts the new file.
+    The target's -wal goes first: a checkpoint folds it into the target (an old -wal beside the new file would be
+    replayed into it), so a crash before the rename leaves the target whole, one after it leaves the merge.
+    """
+    st = os.lstat(target)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or os.stat(copy).st_dev != st.st_dev:
+        return False
+    if os.path.exists(copy + "-wal") or _journal_mode_byte(copy) != (_journal_mode_byte(target) or 1):
+        return False
+    if os.path.exists(target + "-wal") and os.path.getsize(target + "-wal") > 0:
+        conn = sqlite3.connect(target, isolation_level=None)
+        try:
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            conn.close()
+        if busy or (os.path.exists(target + "-wal") and os.path.getsize(target + "-wal") > 0):
+            return False
+    if not _copy_attributes(target, copy):
+        return False
+    os.rename(copy, target)
+    _fsync(os.path.dirname(target), os.O_RDONLY | os.O_DIRECTORY)
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(target + suffix):
+            os.unlink(target + suffix)   # an empty -wal, the old wal-index: SQLite makes new ones
+    return True
+
+
 def write_prepared(plan):
-    """Write an exact prepared merge (plan_prepared) into the target in one transaction; returns the result."""
+    """Write an exact prepared merge (plan_prepared) into the target: one rename when that is equivalent
+    (rename_into_place), else one transaction of the online backup. Returns the result, with RV(written_by)."""
     if _stat_key(plan.target) != plan.target_stat:
         raise TargetChangedError("%s: target changed while the prepared merge was checked; run again" % plan.target)
-    backup_into(os.path.join(plan.prepared_dir, COPY_NAME), plan.target, plan.lock_timeout)
+    copy = os.path.join(plan.prepared_dir, COPY_NAME)
+    written_by = "rename" if rename_into_place(copy, plan.target) else "backup"
+    if written_by == "backup":
+        backup_into(copy, plan.target, plan.lock_timeout)
     discard_prepared(plan.prepared_dir)
-    return plan.result()
+    return dict(plan.result(), written_by=written_by)
 
 
 def apply_prepared(target, sources, prepared_dir, lock_timeout=5.0, known=None, copy_checked=False, **options):
