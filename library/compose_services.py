@@ -35,13 +35,14 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     details:
-      - O(state=probed) is read-only and runs unchanged in check mode, so a dry run plans against the real containers.
+      - O(state=probed) is read-only and runs unchanged in check mode, so a dry run plans against the real containers;
+        so is O(state=healthy), which only runs each container's own healthcheck command.
       - O(state=stopped) and O(state=started) report what they would stop or start and change nothing.
   diff_mode:
     details: The running services among O(services) before and after (O(state=stopped) and O(state=started)).
   idempotent:
     details:
-      - O(state=probed) always returns changed=false.
+      - O(state=probed) and O(state=healthy) always return changed=false.
       - O(state=stopped) is changed only when a container of O(services) was running; O(state=started) only when
         a container of O(services) was created or started.
 options:
@@ -50,8 +51,11 @@ options:
       - V(probed) reads the compose tool and the containers (read-only).
       - V(stopped) stops the running containers of O(services).
       - V(started) brings O(services) up with compose and waits until they are healthy (O(wait)).
+      - V(healthy) starts nothing and waits until every one of O(services) has a running container that is healthy,
+        as V(started) waits (the engine's C(healthy), or its healthcheck command passing under C(docker exec)), and
+        fails after O(timeout) seconds naming each service that is not, with its state.
     type: str
-    choices: [probed, stopped, started]
+    choices: [probed, stopped, started, healthy]
     default: probed
   services:
     description:
@@ -72,7 +76,8 @@ options:
     type: int
     default: 10
   timeout:
-    description: Seconds O(state=started) waits for every service to be running and healthy before it fails.
+    description: Seconds O(state=started) and O(state=healthy) wait for every service to be running and healthy before
+      they fail.
     type: int
     default: 120
   poll_interval:
@@ -248,10 +253,10 @@ recreated:
   sample: [zoe-auth, zoe-core]
 ready:
   description:
-    - O(state=started) only. How each service was seen ready; C(healthy) (the engine said so), C(probed) (its
+    - O(state=started) and O(state=healthy). How each service was seen ready; C(healthy) (the engine said so), C(probed) (its
       healthcheck command passed under C(docker exec)) or C(running) (it has no healthcheck). Empty without O(wait)
       and in check mode.
-  returned: when O(state=started)
+  returned: when O(state=started) or O(state=healthy)
   type: dict
   sample: {zoe-core: probed, zoe-auth: probed, zoe-mcp-server: probed, mem-agent: healthy}
 seconds:
@@ -263,7 +268,7 @@ seconds:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.compose_services import (ComposeServicesError, detect_compose, probe, project_name,
-                                                   start_services, stop_services)
+                                                   start_services, stop_services, wait_ready)
 
 
 def main():
@@ -273,7 +278,7 @@ def main():
         project=dict(type="str"),
         compose_files=dict(type="list", elements="path"),
         quick=dict(type="bool", default=False),
-        state=dict(type="str", choices=["probed", "stopped", "started"], default="probed"),
+        state=dict(type="str", choices=["probed", "stopped", "started", "healthy"], default="probed"),
         services=dict(type="list", elements="str", default=[]),
         depends_on=dict(type="dict"),
         stop_timeout=dict(type="int", default=10),
@@ -290,6 +295,10 @@ def main():
                            quick=p["quick"])
             module.exit_json(changed=False, **result)
         result = {"project": project_name(p["project_dir"], p["project"])}
+        if p["state"] == "healthy":
+            result.update(ready=wait_ready(result["project"], p["services"], p["timeout"], p["poll_interval"]),
+                          changed=False)
+            module.exit_json(**result)
         if p["state"] == "stopped":
             result.update(stop_services(result["project"], p["services"], depends_on=p["depends_on"],
                                         stop_timeout=p["stop_timeout"], check_mode=module.check_mode,

@@ -86,17 +86,6 @@ def zoe_compose_argv(command, project, project_dir, files):
     return argv
 
 
-def zoe_not_ready(containers, services):
-    """The services among `services` that have no running, healthy container of this compose project.
-
-    `containers` is compose_services' list; containers of other projects (compose_managed false) never
-    count, and a container without a healthcheck counts once it runs.
-    """
-    ready = {c.get("service") for c in containers or []
-             if c.get("compose_managed") and c.get("running") and c.get("health") in ("healthy", "none", None)}
-    return [name for name in services or [] if name not in ready]
-
-
 def zoe_find_names(names):
     """`find` arguments matching any of `names`: ( -name a -o -name b ... )."""
     args = []
@@ -134,7 +123,6 @@ class FilterModule:
         return {"zoe_stop_order": zoe_stop_order, "zoe_start_order": zoe_start_order,
                 "zoe_rewrite_map": zoe_rewrite_map, "zoe_pick": zoe_pick,
                 "zoe_compose_argv": zoe_compose_argv,
-                "zoe_not_ready": zoe_not_ready,
                 "zoe_find_names": zoe_find_names,
                 "zoe_compose_load": zoe_compose_load,
                 "zoe_md_cell": zoe_md_cell}
