@@ -421,3 +421,27 @@ def test_stop_fails_while_another_container_still_mounts_data(own_stack, images,
     assert rc != 0
     assert result["msg"] == "still running and mounting %s after the stop: %s" % (os.path.realpath(s["data"]), ", ".join(
         sorted(["%s-%s" % (s["project"], svc) for svc in WRITERS if svc != "zoe-mcp-server"] + [name])))
+
+
+@pytest.mark.docker
+def test_healthy_waits_until_a_service_is_ready_and_starts_nothing(images, tmp_path):
+    """state=healthy: started by compose itself, the service is found ready by its own healthcheck (3 s) long before
+    the engine's first check (30 s); a service that never gets ready fails with its state; nothing is started."""
+    delay = 3
+    (tmp_path / "data").mkdir()
+    (tmp_path / "docker-compose.yml").write_text(SLOW_STARTER % {"delay": delay})
+    project = "zch%s" % uuid.uuid4().hex[:8]
+    command = detect_compose()[0]
+    args = {"project_dir": str(tmp_path), "data_dir": str(tmp_path / "data"), "project": project,
+            "services": ["slow"], "state": "healthy", "timeout": 60}
+    try:
+        rc, result = run_module(dict(args, timeout=3))
+        assert rc != 0 and result["msg"] == "not running and healthy after 3 s: slow (no container)"
+        assert run(["docker", "ps", "-aq", "--filter", "label=com.docker.compose.project=%s" % project]).stdout == ""
+        up = run(command + ["-p", project, "--project-directory", str(tmp_path), "up", "-d"], cwd=str(tmp_path))
+        assert up.returncode == 0, up.stderr
+        rc, result = run_module(args)
+        assert rc == 0, result
+        assert result["changed"] is False and result["ready"] == {"slow": "probed"}
+    finally:
+        remove_project_containers(project)
