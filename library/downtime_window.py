@@ -354,8 +354,8 @@ plan:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.downtime_window import StagedFileError, StepError, WindowError, WindowSpec, plan_window, \
-    run_window
+from ansible.module_utils.downtime_window import (StagedFileError, StepError, WindowError, WindowSpec, plan_window,
+                                                  run_window, window_diff)
 from ansible.module_utils.sqlite_merge import CLASH_POLICY_CHOICES, ON_CONFLICT_CHOICES
 
 
@@ -424,6 +424,8 @@ def main():
                 result["diff"] = [diff]
         else:
             result = run_window(spec, move=module.atomic_move)
+            if module._diff:
+                result["diff"] = [window_diff(result)]
     except StagedFileError as exc:
         module.fail_json(msg=str(exc), error=type(exc).__name__, **exc.result)
     except StepError as exc:

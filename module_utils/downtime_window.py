@@ -375,10 +375,22 @@ class Window(object):
             self.result["downtime_seconds"] = round(self.result["downtime_ended"] - self.result["downtime_started"], 3)
 
 
+def window_diff(result):
+    """The diff of a window that ran: the services and files before and after, as text."""
+    before = ("".join("running: %s\n" % name for name in sorted(result["stopped"]))
+              + "".join("in the data directory: %s\n" % os.path.basename(p) for p in result["retired"]))
+    after = ("".join("started: %s\n" % name for name in result["started"])
+             + "".join("retired: %s\n" % p for p in result["retired"])
+             + "".join("installed: %s\n" % p for p in result["installed"])
+             + ("rollback point: %s\n" % result["rollback_point"] if result["rollback_point"] else ""))
+    return {"before_header": "before the downtime window", "before": before,
+            "after_header": "after the downtime window", "after": after}
+
+
 def run_window(spec, move=os.replace):
     """Run the window; returns the result, or raises StagedFileError (nothing done) or StepError."""
     return Window(spec, move).run()
 
 
 __all__ = ["STEPS", "Journal", "RetireError", "StagedFileError", "StepError", "Window", "WindowError", "WindowSpec",
-           "known_digests", "move_out", "plan_window", "retire_paths", "run_window", "staged_problems"]
+           "known_digests", "move_out", "plan_window", "retire_paths", "run_window", "staged_problems", "window_diff"]

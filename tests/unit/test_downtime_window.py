@@ -123,6 +123,9 @@ def test_the_window_links_the_base_writes_the_prepared_merge_retires_and_install
     assert journal["done"] == list(dw.STEPS) and journal["step"] is None
     assert journal["rollback_point"] == result["rollback_point"]
     assert rows(host.target, "SELECT count(*) FROM users")[0][0] > 0
+    diff = dw.window_diff(result)
+    assert "in the data directory: auth.db\n" in diff["before"]
+    assert "installed: %s\n" % host.compose in diff["after"] and result["rollback_point"] in diff["after"]
 
     restore(host, result["rollback_point"])
     assert tree(host.root) == before
