@@ -245,7 +245,7 @@ EXAMPLES = r"""
         kind: compose
         sha256: 9f2c0d8e4b1a7c6f5e3d2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f10
         staged_sha256: 0a1b2c3d4e5f60718293a4b5c6d7e8f9011223344556677889900aabbccddeef
-    journal: /srv/zoe-backups/runs/20261204T120000Z-abc123.window.json
+    journal: /srv/zoe-backups/windows/20261204T120000Z-abc123.json
   register: consolidate_register_window
 """
 

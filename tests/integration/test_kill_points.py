@@ -12,7 +12,7 @@ EXPECTED_RECOVERY says which of the two each kill point must take; a kill point 
 Kill points are the `TASK [` headers of a full run, in order: killing at header N kills the run as task N starts,
 after task N-1 finished. The downtime window is one task (consolidate's downtime_window module), so its steps are
 kill points of their own: `window <step>` kills the run as soon as the window's journal
-(<backup root>/runs/<snapshot id>.window.json, rewritten at the start and end of each step) shows that step begun,
+(<backup root>/windows/<snapshot id>.json, rewritten at the start and end of each step) shows that step begun,
 and records the step the journal shows after the kill (a step of a few milliseconds, retire or install, may be over
 by then: the kill lands in a later one, which the result names). By default the points of SAMPLE run (the run
 lock, the two preparation steps, every step of the window and one after it), plus one kill in the middle of the
@@ -103,8 +103,7 @@ def zoe_counts(host):
 
 def window_journal(host):
     """The newest window journal of the host's backup root, or None."""
-    runs = os.path.join(host.backups, "runs")
-    found = sorted(glob.glob(os.path.join(runs, "*.window.json")), key=os.path.getmtime) if os.path.isdir(runs) else []
+    found = sorted(glob.glob(os.path.join(host.backups, "windows", "*.json")), key=os.path.getmtime)
     for path in reversed(found):
         try:
             with open(path) as handle:
