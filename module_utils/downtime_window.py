@@ -117,12 +117,17 @@ def staged_problems(install):
 
 
 def retire_paths(retire):
-    """The files the retire step moves: each database and its sidecars that exist in the data directory."""
+    """The files the retire step moves: of each database, its sidecars that exist in the data directory, then the
+    database itself (also a sidecar whose database is gone: what an interrupted retire left).
+
+    Sidecars first: interrupted between the two, the data directory keeps a database without its -wal, which a
+    rerun merges again (its rows are in the primary already: identical) and retires; the other order could leave a
+    -wal behind that no rerun would name."""
     found = []
     for name in retire["names"]:
         if os.sep in name or name in ("", ".", ".."):
             raise RetireError("%r is not a file name in %s" % (name, retire["data_dir"]))
-        for suffix in ("",) + SIDECARS:
+        for suffix in SIDECARS + ("",):
             path = os.path.join(retire["data_dir"], name + suffix)
             if os.path.lexists(path):
                 if os.path.islink(path) or not os.path.isfile(path):

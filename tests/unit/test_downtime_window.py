@@ -245,3 +245,16 @@ def test_retire_refuses_what_is_not_a_regular_file_in_the_data_dir(host):
         dw.retire_paths({"data_dir": host.data, "names": ["link.db"], "dest": "/nowhere"})
     with pytest.raises(dw.RetireError, match="not a file name"):
         dw.retire_paths({"data_dir": host.data, "names": ["../zoe.db"], "dest": "/nowhere"})
+
+
+def test_retire_moves_the_sidecars_before_the_database_and_an_orphan_sidecar_too(tmp_path):
+    """Sidecars first: a retire interrupted between them leaves a database without its -wal (merged again by the
+    rerun, identical rows), never a -wal without its database; a -wal an interrupted retire left is still moved."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("learning.db", "learning.db-wal", "learning.db-shm", "auth.db", "orphan.db-wal"):
+        (data / name).write_bytes(b"x")
+    retire = {"data_dir": str(data), "names": ["learning.db", "auth.db", "orphan.db", "gone.db"],
+              "dest": str(tmp_path / "retired")}
+    assert [os.path.basename(p) for p in dw.retire_paths(retire)] == [
+        "learning.db-wal", "learning.db-shm", "learning.db", "auth.db", "orphan.db-wal"]
