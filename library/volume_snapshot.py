@@ -19,12 +19,11 @@ description:
     that changed under the copy is caught. The snapshot is written as C(.<id>.partial) and renamed when
     complete, so a failure (including too little free space, checked before writing) leaves nothing.
   - With O(base), V(present) hard-links from that earlier snapshot every file it would byte-copy whose live
-    bytes hash to the sha256 the base's manifest records for the same source path and size (one read of the
-    file, no write, no fsync of its data), and copies the rest; the manifest marks linked files with
-    C(linked_from). Equal digests mean the stored bytes are the live bytes, so a torn or stale base copy is
-    simply copied afresh; a stored file damaged after its manifest was written is refused by every restore,
-    which hashes the staged bytes against the manifest before replacing any live file. Removing either
-    snapshot leaves the other whole (a prune unlinks names).
+    bytes equal, byte for byte, the base's stored copy for the same source path and size (both read, compared
+    on two threads, nothing written, no fsync of its data), and copies the rest; a linked file's entry takes the
+    base's sha256 and C(linked_from). A torn, stale or damaged base copy differs from the live file and is simply
+    copied afresh; every restore also hashes the staged bytes against the manifest before replacing any live
+    file. Removing either snapshot leaves the other whole (a prune unlinks names).
   - SQLite databases, O(sqlite_mode=copy) (the rollback point, taken with no writer active) copies the
     database and its C(-wal) and C(-shm) byte for byte and fails if any file changes during the copy.
     O(sqlite_mode=backup_api) (a live snapshot) copies every database through SQLite's online backup API
@@ -114,8 +113,8 @@ options:
         again (for example the rollback point taken in the downtime, based on the verified live snapshot
         taken minutes before).
       - A file is linked when the base's manifest has a file entry for the same absolute source path with the
-        live file's size and a sha256 equal to the live file's; anything else, or a link that fails (another
-        filesystem, too many links), is copied. With O(sqlite_mode=backup_api) or O(sqlite_mode=read_lock)
+        live file's size and a sha256, and its stored copy holds the live file's bytes; anything else, or a link
+        that fails (another filesystem, too many links), is copied. With O(sqlite_mode=backup_api) or O(sqlite_mode=read_lock)
         only files byte-copied (not the databases) can be linked.
       - Refused when it is not a valid id, is O(snapshot) itself, or names no complete snapshot with a valid
         manifest; existence is checked only when a snapshot is taken (not when O(snapshot) already exists).

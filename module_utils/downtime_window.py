@@ -12,8 +12,8 @@ and nothing else; the module's own start-up happens before the stop, and its res
 Why each step is cheap:
 - stop: `docker stop` per depends_on layer (compose_services.stop_services), no compose start-up.
 - rollback point: volume_snapshot with a `base`, the live snapshot the backup phase took and restore-tested before
-  the stop: a file whose bytes still hash to what the base stored is hard-linked from it, only the files a writer
-  changed since are copied. Every file of the data directory is hashed once, with the writers stopped.
+  the stop: a file whose bytes still equal the base's stored copy (compared byte for byte, at memory speed) is
+  hard-linked from it and takes its sha256, only the files a writer changed since are copied and hashed.
 - merge: the merge prepared before the stop is written when the target and every source hold the bytes it read;
   the rollback point's digests say so, so no file is hashed twice (the prepared copy itself is checked before
   the stop). Otherwise the merge runs from scratch, here, and the result says why (a writer wrote after the

@@ -5,19 +5,23 @@
 
 For a regular file that would be byte-copied, when the base's manifest has a file entry for the same
 absolute source path (matched on `path`: the roots lists of two snapshots may differ) with a sha256 and
-the live file's size, the live file is hashed (one read, no write) and, when the digests are equal, the
-base's stored file is hard-linked into the new snapshot instead of copied. Anything else (another size or
-digest, no entry, no sha256, a link that fails: EXDEV, EMLINK, EPERM, the base pruned meanwhile) falls
-back to the ordinary copy of that one file.
+the live file's size, the base's stored file is hard-linked into the new snapshot and compared with the
+live file byte for byte (both read, nothing written; a large file in parts on two threads); equal, the link
+stays and the entry takes the base's sha256. Anything else (another size or byte, no entry, no sha256, a
+link that fails: EXDEV, EMLINK, EPERM, the base pruned meanwhile) falls back to the ordinary copy of that
+one file.
 
 Why a link holds the live bytes:
-- Equal sha256 of the live bytes and of the bytes the base stored means the stored bytes are the live
-  bytes. Whether the base was consistent does not matter: a torn or stale base copy simply hashes
-  differently from the live file and is copied.
-- The digest compared is the base manifest's, not a re-read of the stored file. The base's stored files
-  were re-read against that manifest by its restore test (state=verified) before the writers stopped, and
-  every restore hashes the staged bytes against the manifest before any live file is replaced, so a
-  stored file damaged since is refused at restore, never restored silently.
+- The stored bytes are compared with the live bytes themselves, so the link holds exactly the live bytes.
+  Whether the base was consistent does not matter: a torn or stale base copy simply differs from the live
+  file and is copied.
+- Why compare instead of hashing the live file: a comparison reads both from the page cache and runs at
+  memory speed on two threads (about 0.08 s for 500 MB here, against 0.37 s for one sha256 of it), and it is
+  done inside the downtime window.
+- The sha256 recorded is the base manifest's for the stored bytes. The base's stored files were re-read
+  against that manifest by its restore test (state=verified) before the writers stopped (and were hashed
+  while written in any case), and every restore hashes the staged bytes against the manifest before any
+  live file is replaced, so a stored file damaged since is refused at restore, never restored silently.
 - The link needs no fsync of its data: the base fsynced it when it was taken; the new snapshot's
   directories are fsynced as for a copy. Stored files are never written after they are taken, and a
   prune unlinks names, so removing either snapshot leaves the other whole.
@@ -27,9 +31,9 @@ from __future__ import annotations
 
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 
 from ansible.module_utils.volume_snapshot_common import ID_RE, MANIFEST, SnapshotError, UnusableBaseError
-from ansible.module_utils.volume_snapshot_copy import hash_file
 from ansible.module_utils.volume_snapshot_manifest import load_manifest, stored_path, validate_manifest
 
 
@@ -61,24 +65,57 @@ def load_base(backup_root, base):
     return {"id": base, "dir": base_dir, "files": files}
 
 
+# Files above this size are compared in two halves on two threads.
+SPLIT_BYTES = 32 << 20
+# Read size of the comparison: small enough that each read's buffer comes from the allocator's free lists (reads of
+# 1 MiB are served by a fresh mmap each time in the main thread: three times slower here).
+COMPARE_BLOCK = 64 << 10
+
+
+def _same_range(path_a, path_b, offset, length):
+    """True when `length` bytes at `offset` are the same in both files (a file shorter than that is not)."""
+    fd_a, fd_b = os.open(path_a, os.O_RDONLY), os.open(path_b, os.O_RDONLY)
+    try:
+        end = offset + length
+        while offset < end:
+            count = min(COMPARE_BLOCK, end - offset)
+            chunk = os.pread(fd_a, count, offset)
+            if len(chunk) != count or chunk != os.pread(fd_b, count, offset):
+                return False
+            offset += count
+        return True
+    finally:
+        os.close(fd_a)
+        os.close(fd_b)
+
+
+def same_bytes(path_a, path_b, size):
+    """True when both files hold the same `size` bytes; a large file in two halves on two threads."""
+    if size < SPLIT_BYTES:
+        return _same_range(path_a, path_b, 0, size)
+    half = size // 2
+    with ThreadPoolExecutor(2) as pool:
+        parts = [pool.submit(_same_range, path_a, path_b, 0, half),
+                 pool.submit(_same_range, path_a, path_b, half, size - half)]
+        return all(part.result() for part in parts)
+
+
 def link_from_base(entry, dest, base):
     """Hard-link the base's stored copy of `entry` at dest when it holds the live bytes: (bytes, sha256), or None.
 
-    None (dest not created) when the base has no usable entry, the live bytes differ, or the link fails; the
+    None (dest not left behind) when the base has no usable entry, the link fails, or the bytes differ; the
     caller then copies. The caller re-stats the source after this, as after a copy.
     """
     found = base["files"].get(entry["path"])
     if found is None or found.get("size") != entry["size"]:
-        return None
-    size, digest = hash_file(entry["path"])
-    if size != found["size"] or digest != found["sha256"]:
         return None
     try:
         os.link(stored_path(base["dir"], found), dest, follow_symlinks=False)
     except OSError:
         return None
     st = os.lstat(dest)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size or stat.S_IMODE(st.st_mode) != 0o600:
-        os.unlink(dest)  # not the stored copy the base's manifest describes: copy instead
+    if (not stat.S_ISREG(st.st_mode) or st.st_size != found["size"] or stat.S_IMODE(st.st_mode) != 0o600
+            or os.path.getsize(entry["path"]) != found["size"] or not same_bytes(entry["path"], dest, found["size"])):
+        os.unlink(dest)  # not the live bytes, or not the stored copy the base's manifest describes: copy instead
         return None
-    return size, digest
+    return found["size"], found["sha256"]
