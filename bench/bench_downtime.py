@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The downtime window of consolidate.yml as a user of the demo stack sees it, beside a bare restart, in one run.
 
-    .venv/bin/python bench/bench_downtime.py [--scales 1 20 100] [--interval 0.05] [--get-timeout 2] [--floors 2]
+    .venv/bin/python bench/bench_downtime.py [--scales 1 20 100] [--reps 3] [--interval 0.05] [--get-timeout 2]
+                                             [--floors 2]
                                              [--json bench/results/downtime.json]
 
 For each scale (the demo generator's `scale`: bulk rows x scale) a throwaway demo host is built with its own
@@ -13,14 +14,16 @@ any service was down (the union of the services' down intervals; the failures ar
   1. floor: the bare restart of the writers the play stops (the services that bind-mount data/, read from
      `docker inspect`): `compose stop <writers>`, then `compose up -d --no-deps --force-recreate <writers>`
      (the play recreates every writer: each one's environment changes), then the poll goes on until every
-     /health answers. Nothing runs in between. Taken `--floors` times, alternating with the play's steps
-     (before the play, after the rerun, ...), so the floor and the play see the same machine;
+     /health answers. Nothing runs in between. Taken right before each play and `--floors` more times after the
+     rerun, so the floor and the play see the same machine;
   2. play: `ansible-playbook consolidate.yml`; the window is one module call (downtime_window), whose steps and
-     their times (stop, rollback point, merge, retire, install, start) the run's report keeps and this prints;
+     their times (stop, rollback point, merge, retire, install, start) the run's report keeps and this prints.
+     `--reps` plays, each on the host as it was: rollback.yml restores the previous play's rollback point (byte
+     for byte, the old stack running) before the next floor and play;
   3. rerun: consolidate.yml again on the consolidated host: its window must be 0 s and no container may be
      stopped, restarted or recreated (container ids and start times compared before and after).
 
-ratio = play window / median floor window. Not a timed test: the figures go to bench/README.md (## downtime).
+ratio = median play window / median floor window. Not a timed test: the figures go to bench/README.md (## downtime).
 """
 
 import argparse
@@ -238,8 +241,16 @@ def play(host, label, results_dir):
                 "containers_touched": sorted(s for s in set(before) | set(after) if before.get(s) != after.get(s)),
                 "window_steps": [(step["step"], step["seconds"]) for step in report.get("window", {}).get("steps", [])],
                 "rollback_point_files": report.get("window", {}).get("rollback_point_files"),
-                "merge_prepared": report.get("merge", {}).get("prepared")})
+                "merge_prepared": report.get("merge", {}).get("prepared"),
+                "snapshot_id": report.get("snapshot_id")})
     return out
+
+
+def restore(host, snapshot_id):
+    """Back to the host before the play: rollback.yml to the play's rollback point (byte for byte, old stack up)."""
+    result = host.playbook("rollback.yml", "-e", "zoe_snapshot=%s" % snapshot_id, timeout=1800)
+    if result.returncode != 0:
+        raise SystemExit("rollback.yml to %s failed:\n%s" % (snapshot_id, result.stdout[-3000:]))
 
 
 def load():
@@ -256,11 +267,17 @@ def bench_scale(scale, results_dir):
                "floors": [], "load": [load()]}
         print("scale %d: %.1f MB of databases, writers %s (built in %d s)" % (
             scale, row["data_bytes"] / 1e6, " ".join(names), row["build_s"]), flush=True)
-        # floor, play, rerun, floor, (floor, ...): the floors bracket the play.
-        row["floors"].append(floor(host, names))
-        print("  floor: %s" % summary(row["floors"][-1]), flush=True)
-        row["play"] = play(host, "play-scale%d" % scale, results_dir)
-        print("  play: %s" % summary(row["play"]), flush=True)
+        # floor, play, (rollback.yml to the play's rollback point, floor, play) x reps, rerun, floor: every play
+        # has a floor right before it on the same host, and the floors bracket the plays.
+        row["plays"] = []
+        for rep in range(ARGS.reps):
+            if rep:
+                restore(host, row["plays"][-1]["snapshot_id"])
+            row["floors"].append(floor(host, names))
+            print("  floor: %s" % summary(row["floors"][-1]), flush=True)
+            row["plays"].append(play(host, "play-scale%d-%d" % (scale, rep), results_dir))
+            print("  play: %s" % summary(row["plays"][-1]), flush=True)
+        row["play"] = row["plays"][-1]
         row["rerun"] = play(host, "rerun-scale%d" % scale, results_dir)
         print("  rerun: %s" % summary(row["rerun"]), flush=True)
         for _ in range(max(1, ARGS.floors - 1)):
@@ -268,7 +285,8 @@ def bench_scale(scale, results_dir):
             print("  floor: %s" % summary(row["floors"][-1]), flush=True)
         row["load"].append(load())
         row["floor_s"] = round(statistics.median(f["window_s"] for f in row["floors"]), 2)
-        row["ratio"] = round(row["play"]["window_s"] / max(row["floor_s"], 1e-9), 2)
+        row["play_s"] = round(statistics.median(p["window_s"] for p in row["plays"]), 2)
+        row["ratio"] = round(row["play_s"] / max(row["floor_s"], 1e-9), 2)
         return row
     finally:
         host.destroy()
@@ -281,18 +299,18 @@ def summary(step):
 
 
 def table(rows):
-    lines = ["| scale | data MB | bare restart s (floors) | consolidate.yml window s | ratio | rerun window s "
-             "| rerun containers touched | play wall s |",
+    lines = ["| scale | data MB | bare restart s: median (each) | consolidate.yml window s: median (each) | ratio "
+             "| rerun window s | rerun containers touched | play wall s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append("| %d | %.1f | %.2f (%s) | %.2f | %.2fx | %.2f | %d | %.1f |" % (
+        lines.append("| %d | %.1f | %.2f (%s) | %.2f (%s) | %.2fx | %.2f | %d | %.1f |" % (
             r["scale"], r["data_bytes"] / 1e6, r["floor_s"], " ".join("%.2f" % f["window_s"] for f in r["floors"]),
-            r["play"]["window_s"], r["ratio"], r["rerun"]["window_s"], len(r["rerun"]["containers_touched"]),
-            r["play"]["wall_s"]))
+            r["play_s"], " ".join("%.2f" % p["window_s"] for p in r["plays"]), r["ratio"], r["rerun"]["window_s"],
+            len(r["rerun"]["containers_touched"]), r["play"]["wall_s"]))
     if len(rows) > 1:
         lines.append("")
         lines.append("Growth of the window from scale %d to %d: %.2fx (bare restart: %.2fx)." % (
-            rows[0]["scale"], rows[-1]["scale"], rows[-1]["play"]["window_s"] / max(rows[0]["play"]["window_s"], 1e-9),
+            rows[0]["scale"], rows[-1]["scale"], rows[-1]["play_s"] / max(rows[0]["play_s"], 1e-9),
             rows[-1]["floor_s"] / max(rows[0]["floor_s"], 1e-9)))
     return "\n".join(lines)
 
@@ -304,7 +322,9 @@ def main():
     parser.add_argument("--interval", type=float, default=0.05)
     parser.add_argument("--get-timeout", type=float, default=2.0,
                         help="seconds a GET may take before it counts as a failure")
-    parser.add_argument("--floors", type=int, default=2, help="bare restarts per scale (one before the play)")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="plays per scale, each after a bare restart; rollback.yml restores the host between them")
+    parser.add_argument("--floors", type=int, default=2, help="bare restarts after the rerun, beside those before each play")
     parser.add_argument("--json", default=os.path.join(HERE, "results", "downtime.json"))
     ARGS = parser.parse_args()
     results_dir = os.path.dirname(os.path.abspath(ARGS.json))
@@ -321,11 +341,11 @@ def main():
     for r in rows:
         print("\nscale %d (load %s -> %s), the play's downtime window per step (the report's window.steps):" % (
             r["scale"], r["load"][0], r["load"][-1]))
-        for name, seconds in r["play"]["window_steps"]:
-            print("  %6.3f s  %s" % (seconds, name))
-        print("  sum %.2f s; rollback point %s; merge prepared: %s; floor steps: %s" % (
-            sum(s for _, s in r["play"]["window_steps"]), r["play"]["rollback_point_files"],
-            r["play"]["merge_prepared"], [f["steps"] for f in r["floors"]]))
+        for play_result in r["plays"]:
+            print("  " + ", ".join("%s %.3f s" % (name, seconds) for name, seconds in play_result["window_steps"])
+                  + "; merge prepared: %s" % play_result["merge_prepared"])
+        print("  rollback point %s; floor steps: %s" % (r["play"]["rollback_point_files"],
+                                                       [f["steps"] for f in r["floors"]]))
 
 
 ARGS = None

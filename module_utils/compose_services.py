@@ -320,13 +320,15 @@ def stop_services(project, services, depends_on=None, stop_timeout=10, check_mod
         rc, out, err = runner([DOCKER, "stop", "-t", str(int(stop_timeout))] + ids)
         if rc != 0:
             raise DockerCommandError("docker stop of %s failed: %s" % (", ".join(layer), (err or out).strip()))
-    still = sorted({e["service"] for e in project_entries(project, services, runner) if e["running"]})
+    # One look at every container after the stop (one `docker ps` and one `docker inspect`: this is downtime).
+    real = os.path.realpath(data_dir) if data_dir else "\0"
+    after = [container_entry(doc, real, project) for doc in inspect_all(runner)]
+    still = sorted({e["service"] for e in after if e["running"] and e["compose_managed"] and not e["oneoff"]
+                    and e["service"] in services})
     if still:
         raise ServicesNotStoppedError("still running after docker stop: %s" % ", ".join(still))
     if data_dir:
-        real = os.path.realpath(data_dir)
-        writing = sorted(e["name"] for e in (container_entry(d, real, project) for d in inspect_all(runner))
-                         if e["running"] and e["mounts_data"])
+        writing = sorted(e["name"] for e in after if e["running"] and e["mounts_data"])
         if writing:
             raise ServicesNotStoppedError("still running and mounting %s after the stop: %s" % (real, ", ".join(writing)))
     result["seconds"] = round(time.monotonic() - started, 3)
@@ -416,14 +418,18 @@ def wait_ready(project, services, timeout=120, poll_interval=0.1, runner=run, pr
 
 
 def start_services(command, project_dir, project, services, compose_files=None, timeout=120, poll_interval=0.1,
-                   wait=True, check_mode=False, runner=run):
+                   wait=True, check_mode=False, runner=run, entries=None):
     """`compose up -d --no-deps <services>`, then wait until they are ready; returns the result dict.
 
     changed: a container of the services was created or started (its id or start time differs).
+    entries: the project_entries() of the services as they are now, from a caller that knows them (the downtime
+    window: its look before the stop, with the containers it stopped marked so): saves a docker call before the `up`.
     """
     started = time.monotonic()
     names = list(dict.fromkeys(services or []))
-    entries = project_entries(project, names, runner)
+    if entries is None:
+        entries = project_entries(project, names, runner)
+    entries = [e for e in entries if e["service"] in names]
     running = sorted({e["service"] for e in entries if e["running"]})
     result = {"started": [], "recreated": [], "ready": {}, "changed": False, "running_before": running,
               "running_after": running if check_mode else sorted(names)}

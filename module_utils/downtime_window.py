@@ -243,7 +243,7 @@ class Window(object):
     def __init__(self, spec, move=os.replace):
         self.spec, self.move = spec, move
         self.journal = Journal(spec.journal, spec.rollback_point["snapshot"])
-        self.steps, self.running_before, self.manifest = [], [], None
+        self.steps, self.running_before, self.manifest, self.entries = [], [], None, None
         self.result = {"changed": False, "steps": self.steps, "stopped": [], "layers": [], "rollback_point": None,
                        "snapshot_path": None, "merge": None, "retired": [], "installed": [], "started": [],
                        "recreated": [], "ready": {}, "downtime_started": None, "downtime_ended": None,
@@ -257,9 +257,12 @@ class Window(object):
         copy_problem = None
         if self.spec.merge and self.spec.merge.get("prepared_dir") and os.path.isdir(self.spec.merge["prepared_dir"]):
             copy_problem = check_prepared_copy(self.spec.merge["prepared_dir"])
-        if self.spec.stop:
-            entries = project_entries(self.spec.compose["project"], self.spec.stop["services"])
-            self.running_before = sorted({e["service"] for e in entries if e["running"]})
+        if self.spec.compose:
+            services = sorted(set(self.spec.stop["services"] if self.spec.stop else [])
+                              | set(self.spec.start["services"] if self.spec.start else []))
+            self.entries = project_entries(self.spec.compose["project"], services)
+            stop = set(self.spec.stop["services"]) if self.spec.stop else set()
+            self.running_before = sorted({e["service"] for e in self.entries if e["running"] and e["service"] in stop})
         self._step("stop", self._stop, undo=True)
         self._step("rollback_point", self._rollback_point, undo=True)
         self._step("merge", lambda: self._merge(copy_problem), undo=False)
@@ -370,9 +373,12 @@ class Window(object):
     def _start(self):
         if self.spec.start:
             compose = self.spec.compose
+            # The look before the stop, with what the stop stopped marked so: no docker call before the `up`.
+            stopped = set(self.result["stopped"])
+            entries = [dict(e, running=e["running"] and e["service"] not in stopped) for e in self.entries]
             done = start_services(compose["command"], compose["project_dir"], compose["project"],
                                   self.spec.start["services"], compose.get("files"), timeout=self.spec.start["timeout"],
-                                  poll_interval=self.spec.start["poll_interval"])
+                                  poll_interval=self.spec.start["poll_interval"], entries=entries)
             self.result.update(started=done["started"], recreated=done["recreated"], ready=done["ready"])
             self.result["changed"] = self.result["changed"] or done["changed"]
         if self.result["downtime_started"] is not None:
