@@ -51,6 +51,7 @@ import ansible.module_utils  # noqa: E402
 ansible.module_utils.__path__.append(os.path.join(REPO, "module_utils"))
 from ansible.module_utils.volume_snapshot import (  # noqa: E402
     apply_restore, apply_snapshot, plan_restore, plan_snapshot)
+from ansible.module_utils.volume_snapshot_base import same_bytes  # noqa: E402
 
 SHARES = [0.28, 0.2, 0.14, 0.12, 0.1, 0.08, 0.05, 0.03]  # a few big databases, several small ones
 # The rollback point: 15 databases, as the Zoe host's data dir (two big, a long tail).
@@ -97,6 +98,15 @@ def timed(step, setup=None):
     start = time.perf_counter()
     step()
     return time.perf_counter() - start
+
+
+def compare_all(root, copy_root):
+    """Every file of root compared byte for byte with its twin under copy_root, as volume_snapshot's base does."""
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            twin = os.path.join(copy_root, os.path.relpath(path, root))
+            assert same_bytes(path, twin, os.path.getsize(path)), path
 
 
 def sha_all(root):
@@ -234,17 +244,27 @@ def profile_snapshot(data, bk, reps):
         shutil.rmtree(bk, ignore_errors=True)
 
     dst = bk + ".cp"
-    for _rep in range(reps):
+    live_root = bk + ".live"
+    live = apply_snapshot(plan_snapshot(live_root, [data], sqlite_mode="read_lock", label="live"))["snapshot_id"]
+    for rep in range(reps):
         span("cp -a (page cache, no sync)", lambda: subprocess.run(["cp", "-a", data, dst], check=True),
              lambda: shutil.rmtree(dst, ignore_errors=True))
+        span("same_bytes of every file against that copy (what a link from a base compares)",
+             lambda: compare_all(data, dst))
         shutil.rmtree(dst, ignore_errors=True)
         span("sha256 of every file (1 thread)", lambda: sha_all(data))
+        based = os.path.join(live_root, "b%d" % rep)
+        span("apply_snapshot with base (the rollback point on a live snapshot)",
+             lambda: apply_snapshot(plan_snapshot(live_root, [data], snapshot="b%d" % rep, base=live), fsync=True),
+             lambda: shutil.rmtree(based, ignore_errors=True))
+        shutil.rmtree(based, ignore_errors=True)
         span("plan_snapshot (scan, free space)", lambda: plan_snapshot(bk, [data], snapshot="p"), clean)
         span("apply_snapshot, fsync=false (copy + hash on 2 threads)",
              lambda: apply_snapshot(plan_snapshot(bk, [data], snapshot="p"), fsync=False), clean)
         span("apply_snapshot, fsync=true (+ every file's fsync)",
              lambda: apply_snapshot(plan_snapshot(bk, [data], snapshot="p"), fsync=True), clean)
         clean()
+    shutil.rmtree(live_root, ignore_errors=True)
     print("where the time goes (in-process, median of %d; load average at end %.2f):" % (reps, os.getloadavg()[0]))
     print("| span | median s | CPU s (user+sys) |")
     print("|---|---:|---:|")

@@ -16,7 +16,7 @@ Why each step is cheap:
   hard-linked from it and takes its sha256, only the files a writer changed since are copied and hashed.
 - merge: the merge prepared before the stop is written when the target and every source hold the bytes it read;
   the rollback point's digests say so, so no file is hashed twice (the prepared copy itself is checked before
-  the stop). Otherwise the merge runs from scratch, here, and the result says why (a writer wrote after the
+  the stop; one that fails that check is found stale by the merge, which then starts afresh). Otherwise the merge runs from scratch, here, and the result says why (a writer wrote after the
   preparation: a slower window, never a different result).
 - retire: renames into the backup area. install: one rename per staged file, after a sha256 check of the file
   and of its staged copy. start: `compose up -d --no-deps`, ready as soon as each container's own healthcheck
@@ -42,7 +42,7 @@ import time
 from ansible.module_utils.compose_env import read_bytes, sha256_of, staged_path
 from ansible.module_utils.compose_services import ComposeServicesError, project_entries, start_services, stop_services
 from ansible.module_utils.sqlite_merge import MergeError
-from ansible.module_utils.sqlite_merge_prepare import check_prepared_copy, discard_prepared, plan_call
+from ansible.module_utils.sqlite_merge_prepare import check_prepared_copy, plan_call
 from ansible.module_utils.volume_snapshot import SnapshotError, apply_snapshot, load_manifest, plan_snapshot
 
 STEPS = ("stop", "rollback_point", "merge", "retire", "install", "start")
@@ -254,9 +254,10 @@ class Window(object):
         if problems:
             raise StagedFileError("; ".join(problems) + ". Nothing was changed, no service was stopped: run again "
                                   "(the edit is planned afresh)", self.result)
-        copy_problem = None
-        if self.spec.merge and self.spec.merge.get("prepared_dir") and os.path.isdir(self.spec.merge["prepared_dir"]):
-            copy_problem = check_prepared_copy(self.spec.merge["prepared_dir"])
+        # The prepared merge's kept copy is private to the run: checked here, before the stop, it need not be hashed
+        # in the window. A copy that fails the check is found stale again by the merge, which then starts afresh.
+        prepared_dir = self.spec.merge.get("prepared_dir") if self.spec.merge else None
+        copy_checked = bool(prepared_dir) and os.path.isdir(prepared_dir) and check_prepared_copy(prepared_dir) is None
         if self.spec.compose:
             services = sorted(set(self.spec.stop["services"] if self.spec.stop else [])
                               | set(self.spec.start["services"] if self.spec.start else []))
@@ -265,7 +266,7 @@ class Window(object):
             self.running_before = sorted({e["service"] for e in self.entries if e["running"] and e["service"] in stop})
         self._step("stop", self._stop, undo=True)
         self._step("rollback_point", self._rollback_point, undo=True)
-        self._step("merge", lambda: self._merge(copy_problem), undo=False)
+        self._step("merge", lambda: self._merge(copy_checked), undo=False)
         self._step("retire", self._retire, undo=False)
         self._step("install", self._install, undo=False)
         self._step("start", self._start, undo=False)
@@ -329,22 +330,15 @@ class Window(object):
         self.manifest = load_manifest(taken["snapshot_path"])
         self.journal.write(rollback_point=taken["snapshot_id"])
 
-    def _merge(self, copy_problem):
+    def _merge(self, copy_checked):
         merge = self.spec.merge
         if not merge:
             return
-        prepared_dir = merge.get("prepared_dir")
         known = known_digests(self.manifest, os.path.dirname(os.path.abspath(merge["target"])))
-        plan, apply, prepared, _show = plan_call(merge["target"], merge["sources"], False,
-                                                 None if copy_problem else prepared_dir, self.spec.merge_options(),
-                                                 known=known, copy_checked=True)
-        if copy_problem:
-            discard_prepared(prepared_dir)
-            prepared = {"prepared": "stale", "prepared_reason": copy_problem}
+        plan, apply, prepared, _show = plan_call(merge["target"], merge["sources"], False, merge.get("prepared_dir"),
+                                                 self.spec.merge_options(), known=known, copy_checked=copy_checked)
         with plan:
             outcome = apply() if plan.changed else dict(plan.result(), **prepared)
-        if copy_problem:
-            outcome.update(prepared)
         outcome["changed"] = plan.changed
         self.result["merge"] = outcome
         self.result["changed"] = self.result["changed"] or plan.changed

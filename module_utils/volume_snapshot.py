@@ -185,7 +185,7 @@ def _copy_entry(entry, dest, sqlite_mode, fsync, sync_later=None, base=None):
         size, digest = copy_and_hash(entry["path"], dest, fsync and sync_later is None)
         if fsync and sync_later is not None:
             sync_later(dest)
-    # Re-stat the source after it was read (copied, or hashed for a link): a writer moved it meanwhile.
+    # Re-stat the source after it was read (copied, or compared for a link): a writer moved it meanwhile.
     after = os.lstat(entry["path"])
     moved = (after.st_size, after.st_mtime_ns, after.st_ino) != (entry["size"], entry["mtime_ns"], entry["ino"])
     if moved or size != entry["size"]:

@@ -20,12 +20,10 @@ from ansible.module_utils.volume_snapshot_common import (
 from ansible.module_utils.zoe_sqlite import consistent_copy
 
 
-def hash_file(path):
-    """(bytes read, sha256 of those bytes) of a file, read once without following a symlink."""
+def _sha256_file(path):
     digest = hashlib.sha256()
     buf = bytearray(BUFFER)
     view = memoryview(buf)
-    read = 0
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with open(fd, "rb", buffering=0) as handle:
         while True:
@@ -33,12 +31,7 @@ def hash_file(path):
             if not count:
                 break
             digest.update(view[:count])
-            read += count
-    return read, digest.hexdigest()
-
-
-def _sha256_file(path):
-    return hash_file(path)[1]
+    return digest.hexdigest()
 
 
 def _write_all(fd, view):
